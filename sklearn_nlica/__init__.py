@@ -1,3 +1,12 @@
-"""Scikit-learn compatible estimators for nonlinear ICA and deep latent-variable models."""
+"""Scikit-learn compatible estimators for nonlinear ICA and deep latent-variable models.
+
+Observations are modelled as a noisy nonlinear mixture of independent sources,
+z ~ N(0, I), x = g(z) + noise, with g a neural network. The estimators share
+one training core built on skorch and PyTorch.
+"""
+
+from ._vae import VAEICA
 
 __version__ = "0.1.0.dev0"
+
+__all__ = ["VAEICA"]

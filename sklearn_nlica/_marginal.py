@@ -1,0 +1,614 @@
+"""Marginal likelihood of the Gaussian decoder model by numerical integration.
+
+Model: z ~ N(0, I_m), x | z ~ N(g(z), sigma^2 I_n), with g a torch decoder. For
+an integration rule (nodes z_j, log-weights log w_j, see
+:mod:`sklearn_nlica.integrators`),
+
+    log p(x_i) ~= logsumexp_j [log w_j + log N(x_i; g(z_j), sigma^2 I)],
+
+the posterior weights are r_ij = softmax_j(log w_j + log N(x_i; g(z_j), sigma^2 I))
+and the posterior mean is E[z | x_i] ~= sum_j r_ij z_j. The gradient of the
+log-likelihood is Fisher's identity: the gradient of the complete-data
+log-likelihood averaged with r_ij held fixed (the E-step of EM),
+
+    d log p(x_i) / d theta   = sum_j r_ij (x_i - g(z_j))^T dg(z_j)/d theta / sigma^2,
+    d log p(x_i) / d sigma^2 = sum_j r_ij (||x_i - g(z_j)||^2 / sigma^2 - n) / (2 sigma^2).
+
+Everything stays in log space: p(x) underflows for a few dozen features. With
+nodes shared by a batch the squared distances are one matrix product
+||x||^2 - 2 x.g + ||g||^2 (batch x nodes), never a batch x nodes x features
+tensor; that expansion cancels catastrophically in float32 (0.24 nat at
+n = 1000, sigma = 0.1), so it is accumulated in float64 (or, where float64 is
+missing, replaced by direct differences). Work is split into chunks so that no
+intermediate exceeds about 2**24 elements, whatever n_nodes and n_features are;
+under autograd, chunks are checkpointed so that memory stays bounded in the
+backward pass too.
+
+All functions take ``x`` of shape (B, n), a ``decoder`` mapping (N, m) to
+(N, n), a :class:`~sklearn_nlica.integrators.Rule` with shared nodes (K, m) or
+per-point nodes (B, K, m), and ``noise_variance`` sigma^2 (a float or a
+one-element tensor, possibly requiring grad).
+"""
+
+import math
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+__all__ = [
+    "NonPositiveIntegralError",
+    "analytic_decoder_grad",
+    "analytic_noise_variance_grad",
+    "em_surrogate",
+    "expected_squared_distance",
+    "gaussian_log_integrand",
+    "gaussian_loglik_matrix",
+    "log_marginal",
+    "optimal_noise_variance",
+    "posterior_mean",
+    "posterior_weights",
+    "signed_logsumexp",
+]
+
+# Largest intermediate (elements) of one chunk: 128 MiB in float64.
+_CHUNK_ELEMENTS = 2 ** 24
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+class NonPositiveIntegralError(FloatingPointError, ValueError):
+    """A rule with negative weights gave a sum that is not positive."""
+
+
+# ---------------------------------------------------------------------------
+# Log-sum-exp with signs
+# ---------------------------------------------------------------------------
+
+
+def signed_logsumexp(values, signs=None, dim=-1):
+    """log(sum_j signs_j * exp(values_j)) along ``dim``, stably.
+
+    Parameters
+    ----------
+    values : Tensor
+    signs : Tensor or None, default=None
+        +1 or -1, broadcastable to ``values``; None for all positive (then this
+        is :func:`torch.logsumexp`).
+    dim : int, default=-1
+
+    Returns
+    -------
+    out : Tensor
+        ``values`` reduced along ``dim``.
+
+    Raises
+    ------
+    NonPositiveIntegralError
+        If a signed sum is zero or negative (a sparse grid on a posterior far
+        narrower than its nodes): its logarithm does not exist.
+    """
+    if signs is None:
+        return torch.logsumexp(values, dim)
+    peak, total = _partial_sums(values, signs, dim)
+    return _finish(peak, total)
+
+
+def _partial_sums(values, signs, dim):
+    """(peak, sum_j s_j exp(v_j - peak)): mergeable pieces of a log-sum-exp."""
+    peak = values.detach().amax(dim)
+    # An all -inf slice has no peak; any finite shift gives the zero sum.
+    peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+    terms = torch.exp(values - peak.unsqueeze(dim))
+    if signs is not None:
+        terms = terms * signs
+    return peak, terms.sum(dim)
+
+
+def _merge(parts):
+    """Merge (peak, total) pieces of disjoint node sets."""
+    peaks = torch.stack([peak for peak, _ in parts])
+    totals = torch.stack([total for _, total in parts])
+    peak = peaks.amax(0)
+    return peak, (totals * torch.exp(peaks - peak)).sum(0)
+
+
+def _finish(peak, total):
+    bad = ~(total > 0)
+    if bool(bad.any()):
+        raise NonPositiveIntegralError(
+            f"The integration rule's weighted sum is not positive for "
+            f"{int(bad.sum())} of {bad.numel()} points, so its logarithm does not "
+            "exist. The rule has negative weights (a sparse grid) and the "
+            "integrand is concentrated where they dominate; use more nodes or "
+            "another rule, e.g. integrator='adaptive'.")
+    return peak + total.log()
+
+
+# ---------------------------------------------------------------------------
+# Gaussian log-likelihood of points under many means
+# ---------------------------------------------------------------------------
+
+
+def _exact_dtype(x):
+    """The dtype in which squared distances are accumulated."""
+    if x.dtype == torch.float64 or x.device.type == "mps":
+        return x.dtype
+    return torch.float64
+
+
+def _as_variance(noise_variance, dtype, device):
+    if isinstance(noise_variance, torch.Tensor):
+        if noise_variance.numel() != 1:
+            raise ValueError("noise_variance must be a scalar, got a tensor of shape "
+                             f"{tuple(noise_variance.shape)}.")
+        return noise_variance.reshape(()).to(dtype=dtype, device=device)
+    noise_variance = float(noise_variance)
+    if not noise_variance > 0:
+        raise ValueError(f"noise_variance must be positive, got {noise_variance!r}.")
+    return torch.tensor(noise_variance, dtype=dtype, device=device)
+
+
+def gaussian_loglik_matrix(x, means, noise_variance, *, chunk_size=None):
+    """log N(x_i; mean, sigma^2 I) for every point and every mean.
+
+    Parameters
+    ----------
+    x : Tensor of shape (B, n)
+    means : Tensor of shape (K, n) or (B, K, n)
+        Means shared by all points, or one set per point.
+    noise_variance : float or Tensor
+        sigma^2.
+    chunk_size : int or None, default=None
+        Points per chunk for per-point means (None: chunks of about 2**24
+        elements).
+
+    Returns
+    -------
+    loglik : Tensor of shape (B, K)
+        In float64 when ``x`` is float32 or lower (the accumulation type, so
+        that callers keep the precision through the log-sum-exp).
+
+    Notes
+    -----
+    Shared means take one matrix product, ||x - c||^2 - 2 (x - c).(g - c) +
+    ||g - c||^2 with c the batch mean (which shrinks the terms that cancel),
+    in float64, clamped at zero. Per-point means take direct differences,
+    squared and summed in float64, chunked over the batch.
+    """
+    n_features = x.shape[-1]
+    dtype = _exact_dtype(x)
+    variance = _as_variance(noise_variance, dtype, x.device)
+    if means.dim() == 2 and dtype == torch.float64:
+        sq_dist = _sq_dist_product(x, means, dtype)
+    else:
+        if means.dim() == 2:  # no float64 here: the expansion would cancel
+            means = means.expand(x.shape[0], -1, -1)
+        sq_dist = _sq_dist_direct(x, means, dtype, chunk_size)
+    return -0.5 * (sq_dist / variance + n_features * (_LOG_2PI + variance.log()))
+
+
+def _sq_dist_product(x, means, dtype):
+    x = x.to(dtype)
+    means = means.to(dtype)
+    centre = x.detach().mean(0)
+    x = x - centre
+    means = means - centre
+    sq_dist = ((x * x).sum(1, keepdim=True) - 2.0 * (x @ means.T)
+               + (means * means).sum(1))
+    return sq_dist.clamp_min(0.0)
+
+
+def _sq_dist_direct(x, means, dtype, chunk_size):
+    n_points, n_nodes, n_features = means.shape
+    rows = chunk_size or max(1, _CHUNK_ELEMENTS // max(1, n_nodes * n_features))
+    out = []
+    for start in range(0, n_points, rows):
+        diff = (x[start:start + rows, None, :].to(dtype)
+                - means[start:start + rows].to(dtype))
+        out.append((diff * diff).sum(-1))
+    return torch.cat(out) if len(out) > 1 else out[0]
+
+
+def _decode(decoder, z):
+    """Decoder means at z of shape (..., m): shape (..., n)."""
+    means = decoder(z.reshape(-1, z.shape[-1]))
+    return means.reshape(z.shape[:-1] + means.shape[-1:])
+
+
+def gaussian_log_integrand(x, decoder, noise_variance, *, chunk_size=None):
+    """The integrand log N(x_b; g(z), sigma^2 I) in the form adaptive rules take.
+
+    Parameters
+    ----------
+    x : Tensor of shape (B, n)
+    decoder : callable
+        Maps (N, m) to (N, n).
+    noise_variance : float or Tensor
+    chunk_size : int or None, default=None
+        Points per chunk for per-point nodes.
+
+    Returns
+    -------
+    log_integrand : callable
+        Takes z of shape (B, K, m) (per-point nodes) or (1, K, m) (shared
+        nodes, evaluated with one matrix product) and returns (B, K) values.
+        Pass it as ``log_integrand`` to
+        :meth:`~sklearn_nlica.integrators.Integrator.rule`.
+    """
+
+    def log_integrand(z):
+        if z.shape[0] == 1 and x.shape[0] != 1:
+            return gaussian_loglik_matrix(x, _decode(decoder, z[0]), noise_variance)
+        rows = chunk_size or max(1, _CHUNK_ELEMENTS // max(1, z.shape[1] * x.shape[1]))
+        out = [gaussian_loglik_matrix(x[start:start + rows],
+                                      _decode(decoder, z[start:start + rows]),
+                                      noise_variance)
+               for start in range(0, x.shape[0], rows)]
+        return torch.cat(out) if len(out) > 1 else out[0]
+
+    return log_integrand
+
+
+# ---------------------------------------------------------------------------
+# Chunking
+# ---------------------------------------------------------------------------
+
+
+def _check_rule(x, rule):
+    if x.dim() != 2:
+        raise ValueError(f"x must have shape (B, n), got {tuple(x.shape)}.")
+    if not rule.shared and rule.nodes.shape[0] != x.shape[0]:
+        raise ValueError(f"The rule has per-point nodes for {rule.nodes.shape[0]} points "
+                         f"but x has {x.shape[0]}.")
+
+
+def _blocks(x, rule, chunk_size):
+    """(rows, cols) slices: node chunks for shared nodes, point chunks otherwise."""
+    n_points, n_features = x.shape
+    n_nodes = rule.n_nodes
+    if rule.shared:
+        size = chunk_size or max(1, _CHUNK_ELEMENTS // (n_features + n_points))
+        return [(slice(None), slice(start, start + size))
+                for start in range(0, n_nodes, size)]
+    size = chunk_size or max(1, _CHUNK_ELEMENTS // max(1, n_nodes * n_features))
+    return [(slice(start, start + size), slice(None))
+            for start in range(0, n_points, size)]
+
+
+def _block_rule(rule, rows, cols):
+    """Nodes, log-weights and signs of one block; per-point tensors keep rows."""
+    index = cols if rule.shared else rows
+    signs = None if rule.signs is None else rule.signs[index]
+    return rule.nodes[index], rule.log_weights[index], signs
+
+
+def _maybe_checkpoint(n_blocks, fn, *args):
+    # Recomputing a chunk's decoder pass in the backward keeps only its (B, K)
+    # outputs alive; with one chunk there is nothing to bound.
+    if n_blocks > 1 and torch.is_grad_enabled():
+        return checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
+
+
+def _log_terms(x, decoder, nodes, log_weights, noise_variance):
+    """log w_j + log N(x_i; g(z_j), sigma^2 I) for one block."""
+    loglik = gaussian_loglik_matrix(x, _decode(decoder, nodes), noise_variance)
+    return log_weights.to(loglik.dtype) + loglik
+
+
+# ---------------------------------------------------------------------------
+# Log-likelihood, posterior weights and mean
+# ---------------------------------------------------------------------------
+
+
+def _log_marginal(x, decoder, rule, noise_variance, chunk_size):
+    """log p(x) in the accumulation dtype."""
+    _check_rule(x, rule)
+    blocks = _blocks(x, rule, chunk_size)
+    if rule.shared:
+        def partial(x, nodes, log_weights, signs, noise_variance):
+            terms = _log_terms(x, decoder, nodes, log_weights, noise_variance)
+            return _partial_sums(terms, signs, 1)
+
+        parts = [_maybe_checkpoint(len(blocks), partial, x,
+                                   *_block_rule(rule, rows, cols), noise_variance)
+                 for rows, cols in blocks]
+        if rule.signs is None and len(parts) == 1:
+            peak, total = parts[0]
+            return peak + total.log()
+        return _finish(*_merge(parts))
+
+    def block_log_marginal(x, nodes, log_weights, signs, noise_variance):
+        terms = _log_terms(x, decoder, nodes, log_weights, noise_variance)
+        return signed_logsumexp(terms, signs, dim=1)
+
+    out = [_maybe_checkpoint(len(blocks), block_log_marginal, x[rows],
+                             *_block_rule(rule, rows, cols), noise_variance)
+           for rows, cols in blocks]
+    return torch.cat(out) if len(out) > 1 else out[0]
+
+
+def log_marginal(x, decoder, rule, noise_variance, *, chunk_size=None):
+    """Log-likelihood log p(x_i) of each point by numerical integration.
+
+    Parameters
+    ----------
+    x : Tensor of shape (B, n)
+    decoder : callable
+        Maps latent points (N, m) to means (N, n).
+    rule : Rule
+        Shared nodes (K, m) or per-point nodes (B, K, m), over the prior.
+    noise_variance : float or Tensor
+        sigma^2; a tensor may require grad.
+    chunk_size : int or None, default=None
+        Nodes per chunk (shared nodes) or points per chunk (per-point nodes);
+        None keeps every chunk's largest intermediate near 2**24 elements.
+
+    Returns
+    -------
+    log_p : Tensor of shape (B,)
+        In the dtype of ``x`` (accumulated in float64), differentiable with
+        respect to the decoder's parameters and ``noise_variance``.
+
+    Raises
+    ------
+    NonPositiveIntegralError
+        If a rule with negative weights gives a sum that is not positive.
+    """
+    return _log_marginal(x, decoder, rule, noise_variance, chunk_size).to(x.dtype)
+
+
+def _weight_blocks(x, decoder, rule, noise_variance, chunk_size, weights=None):
+    """Yield (rows, cols, nodes, means, r) per block, r the posterior weights.
+
+    ``means`` carries the graph to the decoder's parameters when grad is on;
+    ``r`` never does. Given ``weights`` (B, K) are used instead of r.
+    """
+    blocks = _blocks(x, rule, chunk_size)
+    log_p = None
+    if weights is None and len(blocks) > 1:
+        with torch.no_grad():
+            log_p = _log_marginal(x, decoder, rule, noise_variance, None)
+    for rows, cols in blocks:
+        nodes, log_weights, signs = _block_rule(rule, rows, cols)
+        means = _decode(decoder, nodes)
+        if weights is not None:
+            r = weights[rows, cols].detach()
+        else:
+            with torch.no_grad():
+                terms = log_weights.to(_exact_dtype(x)) + gaussian_loglik_matrix(
+                    x[rows], means, noise_variance)
+                block_log_p = (signed_logsumexp(terms, signs, dim=1) if log_p is None
+                               else log_p[rows])
+                r = torch.exp(terms - block_log_p[:, None])
+                if signs is not None:
+                    r = r * signs
+        yield rows, cols, nodes, means, r
+
+
+def posterior_weights(x, decoder, rule, noise_variance, *, chunk_size=None):
+    """Posterior weights r_ij = softmax_j(log w_j + log N(x_i; g(z_j), sigma^2 I)).
+
+    Parameters
+    ----------
+    x, decoder, rule, noise_variance, chunk_size
+        As in :func:`log_marginal`.
+
+    Returns
+    -------
+    r : Tensor of shape (B, K)
+        Rows sum to one (some weights are negative for signed rules); no
+        gradient. In the accumulation dtype (float64 for float32 inputs).
+    """
+    _check_rule(x, rule)
+    with torch.no_grad():
+        blocks = list(_weight_blocks(x, decoder, rule, noise_variance, chunk_size))
+    return torch.cat([r for *_, r in blocks], dim=1 if rule.shared else 0)
+
+
+def posterior_mean(x, decoder, rule, noise_variance, *, chunk_size=None):
+    """Posterior mean E[z | x_i] ~= sum_j r_ij z_j from the rule's nodes.
+
+    Parameters
+    ----------
+    x, decoder, rule, noise_variance, chunk_size
+        As in :func:`log_marginal`.
+
+    Returns
+    -------
+    mean : Tensor of shape (B, m)
+        In the dtype of ``x``; no gradient.
+    """
+    _check_rule(x, rule)
+    parts = []
+    with torch.no_grad():
+        for rows, cols, nodes, _, r in _weight_blocks(x, decoder, rule, noise_variance,
+                                                      chunk_size):
+            nodes = nodes.to(r.dtype)
+            if rule.shared:
+                parts.append(r @ nodes)
+            else:
+                parts.append(torch.einsum("bk,bkm->bm", r, nodes))
+    mean = sum(parts) if rule.shared else torch.cat(parts)
+    return mean.to(x.dtype)
+
+
+# ---------------------------------------------------------------------------
+# Fisher's identity: E-step weights held fixed
+# ---------------------------------------------------------------------------
+
+
+def em_surrogate(x, decoder, rule, noise_variance, *, weights=None, chunk_size=None):
+    """The EM surrogate Q_i = sum_j stopgrad(r_ij) log N(x_i; g(z_j), sigma^2 I).
+
+    Its gradient with respect to the decoder's parameters and ``noise_variance``
+    equals that of :func:`log_marginal` when ``r`` are the current posterior
+    weights (Fisher's identity); with ``weights`` from an earlier E-step held
+    fixed it is the M-step objective of EM. The value differs from log p(x_i)
+    by the entropy of r_i and the weighted log-weights.
+
+    Parameters
+    ----------
+    x, decoder, rule, noise_variance, chunk_size
+        As in :func:`log_marginal`.
+    weights : Tensor of shape (B, K) or None, default=None
+        Posterior weights from :func:`posterior_weights`; None computes them
+        at the current parameters.
+
+    Returns
+    -------
+    q : Tensor of shape (B,)
+        In the dtype of ``x``.
+    """
+    _check_rule(x, rule)
+    blocks = _blocks(x, rule, chunk_size)
+    if weights is None and len(blocks) == 1:
+        # One pass: the weights come from the same (detached) log-likelihoods.
+        nodes, log_weights, signs = _block_rule(rule, *blocks[0])
+        loglik = gaussian_loglik_matrix(x, _decode(decoder, nodes), noise_variance)
+        with torch.no_grad():
+            terms = log_weights.to(loglik.dtype) + loglik
+            r = torch.exp(terms - signed_logsumexp(terms, signs, dim=1)[:, None])
+            if signs is not None:
+                r = r * signs
+        return (r * loglik).sum(1).to(x.dtype)
+
+    if weights is None:
+        with torch.no_grad():
+            weights = posterior_weights(x, decoder, rule, noise_variance)
+
+    def block_q(x, nodes, r, noise_variance):
+        loglik = gaussian_loglik_matrix(x, _decode(decoder, nodes), noise_variance)
+        return (r.to(loglik.dtype) * loglik).sum(1)
+
+    parts = []
+    for rows, cols in blocks:
+        nodes = _block_rule(rule, rows, cols)[0]
+        parts.append(_maybe_checkpoint(len(blocks), block_q, x[rows], nodes,
+                                       weights[rows, cols].detach(), noise_variance))
+    q = sum(parts) if rule.shared else torch.cat(parts)
+    return q.to(x.dtype)
+
+
+def analytic_decoder_grad(x, decoder, rule, noise_variance, *, params=None,
+                          weights=None, chunk_size=None):
+    """Closed-form gradient of sum_i log p(x_i) with respect to decoder parameters.
+
+    sum_ij r_ij (x_i - g(z_j))^T dg(z_j)/d theta / sigma^2, computed as one
+    vector-Jacobian product of the decoder at the nodes: with shared nodes the
+    cotangent of node j is (sum_i r_ij x_i - (sum_i r_ij) g(z_j)) / sigma^2, so no
+    batch x nodes x features tensor is formed.
+
+    Parameters
+    ----------
+    x, decoder, rule, noise_variance, chunk_size
+        As in :func:`log_marginal`.
+    params : iterable of Tensor or None, default=None
+        Parameters to differentiate; None takes ``decoder.parameters()`` that
+        require grad.
+    weights : Tensor of shape (B, K) or None, default=None
+        Fixed posterior weights (an earlier E-step); None uses the current ones.
+
+    Returns
+    -------
+    grads : tuple of Tensor
+        One per parameter (zeros where the decoder does not use it).
+    """
+    _check_rule(x, rule)
+    if params is None:
+        params = [p for p in decoder.parameters() if p.requires_grad]
+    params = list(params)
+    grads = [torch.zeros_like(p) for p in params]
+    dtype = _exact_dtype(x)
+    variance = _as_variance(noise_variance, dtype, x.device).detach()
+    with torch.enable_grad():
+        for rows, _, _, means, r in _weight_blocks(x, decoder, rule, noise_variance,
+                                                   chunk_size, weights):
+            with torch.no_grad():
+                r = r.to(dtype)
+                if rule.shared:
+                    cotangent = r.T @ x.to(dtype) - r.sum(0)[:, None] * means.to(dtype)
+                else:
+                    cotangent = r[..., None] * (x[rows, None, :].to(dtype) - means.to(dtype))
+                cotangent = (cotangent / variance).to(means.dtype)
+            block = torch.autograd.grad(means, params, grad_outputs=cotangent,
+                                        allow_unused=True)
+            grads = [g if b is None else g + b for g, b in zip(grads, block)]
+    return tuple(grads)
+
+
+def expected_squared_distance(x, decoder, rule, noise_variance, *, weights=None,
+                              chunk_size=None):
+    """Posterior expected squared residual sum_j r_ij ||x_i - g(z_j)||^2.
+
+    Parameters
+    ----------
+    x, decoder, rule, noise_variance, chunk_size
+        As in :func:`log_marginal`.
+    weights : Tensor of shape (B, K) or None, default=None
+        Fixed posterior weights; None uses the current ones.
+
+    Returns
+    -------
+    sq : Tensor of shape (B,)
+        In the accumulation dtype; no gradient.
+    """
+    _check_rule(x, rule)
+    dtype = _exact_dtype(x)
+    parts = []
+    with torch.no_grad():
+        for rows, _, _, means, r in _weight_blocks(x, decoder, rule, noise_variance,
+                                                   chunk_size, weights):
+            if means.dim() == 2 and dtype == torch.float64:
+                sq = _sq_dist_product(x, means, dtype)
+            else:
+                if means.dim() == 2:
+                    means = means.expand(x.shape[0], -1, -1)
+                sq = _sq_dist_direct(x[rows], means, dtype, None)
+            parts.append((r.to(dtype) * sq).sum(1))
+    return sum(parts) if rule.shared else torch.cat(parts)
+
+
+def analytic_noise_variance_grad(x, decoder, rule, noise_variance, *, weights=None,
+                                 chunk_size=None):
+    """Closed-form d/d sigma^2 of sum_i log p(x_i).
+
+    sum_ij r_ij (||x_i - g(z_j)||^2 / sigma^2 - n) / (2 sigma^2).
+
+    Parameters
+    ----------
+    x, decoder, rule, noise_variance, chunk_size, weights
+        As in :func:`expected_squared_distance`.
+
+    Returns
+    -------
+    grad : Tensor of shape ()
+        In the accumulation dtype.
+    """
+    sq = expected_squared_distance(x, decoder, rule, noise_variance, weights=weights,
+                                   chunk_size=chunk_size)
+    variance = _as_variance(noise_variance, sq.dtype, x.device).detach()
+    total_weight = 1.0 if weights is None else weights.to(sq.dtype).sum(1)
+    return ((sq / variance - x.shape[1] * total_weight) / (2.0 * variance)).sum()
+
+
+def optimal_noise_variance(x, decoder, rule, noise_variance, *, weights=None,
+                           chunk_size=None):
+    """The EM M-step for sigma^2: sum_ij r_ij ||x_i - g(z_j)||^2 / (n B).
+
+    The maximiser over sigma^2 of :func:`em_surrogate` summed over the batch, with
+    r_ij the posterior weights at ``noise_variance`` (or the given ``weights``).
+
+    Parameters
+    ----------
+    x, decoder, rule, noise_variance, chunk_size, weights
+        As in :func:`expected_squared_distance`.
+
+    Returns
+    -------
+    noise_variance : Tensor of shape ()
+        In the accumulation dtype.
+    """
+    sq = expected_squared_distance(x, decoder, rule, noise_variance, weights=weights,
+                                   chunk_size=chunk_size)
+    total_weight = x.shape[0] if weights is None else weights.to(sq.dtype).sum()
+    return sq.sum() / (x.shape[1] * total_weight)

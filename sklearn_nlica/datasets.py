@@ -1,0 +1,556 @@
+"""Synthetic data for nonlinear ICA.
+
+- :func:`make_nonlinear_ica`: Gaussian sources pushed through a random MLP,
+  plus Gaussian noise (the process of the MLE-vs-VAE report, seed 003,
+  section 4.1).
+- :func:`make_segmented_sources`: nonstationary sources whose mean and
+  variance change from segment to segment, mixed by a random invertible
+  leaky-ReLU MLP, plus sensor noise (the simulations of the identifiable VAE,
+  Khemakhem et al., 2020).
+
+Both are pure numpy and deterministic under ``random_state``; with
+``return_mixing=True`` they also return the mixing function, so that the
+noiseless observations can be recomputed exactly.
+"""
+
+# SPDX-License-Identifier: BSD-3-Clause
+
+import numbers
+
+import numpy as np
+from scipy.special import expit, logit, ndtr
+from sklearn.utils import check_random_state
+
+__all__ = ["make_nonlinear_ica", "make_segmented_sources", "MixingMLP"]
+
+_ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "gelu", "identity")
+
+# Same default negative slope as torch.nn.LeakyReLU, so that a decoder with
+# activation="leaky_relu" can represent make_nonlinear_ica's mixing exactly.
+_LEAKY_RELU_SLOPE = 0.01
+
+
+def _activate(name, H, negative_slope):
+    if name == "relu":
+        return np.maximum(H, 0.0)
+    if name == "leaky_relu":
+        return np.where(H > 0.0, H, negative_slope * H)
+    if name == "sigmoid":
+        return expit(H)
+    if name == "tanh":
+        return np.tanh(H)
+    if name == "gelu":
+        # The exact GELU (torch's default), not the tanh approximation.
+        return H * ndtr(H)
+    return H
+
+
+def _deactivate(name, H, negative_slope):
+    if name == "leaky_relu":
+        return np.where(H > 0.0, H, H / negative_slope)
+    if name == "sigmoid":
+        return logit(H)
+    if name == "tanh":
+        return np.arctanh(H)
+    if name == "identity":
+        return H
+    raise ValueError(f"The activation {name!r} is not invertible.")
+
+
+class MixingMLP:
+    """A fixed random multilayer perceptron, as returned by the generators.
+
+    ``mixing(S)`` maps sources of shape (n_samples, n_components) to the
+    noiseless observations. Layers use the row convention of scikit-learn's
+    MLPs: ``H = activation(H @ coefs_[i] + intercepts_[i])``.
+
+    Parameters
+    ----------
+    coefs : list of ndarray
+        Weight matrices, the i-th of shape (n_inputs_i, n_outputs_i).
+
+    intercepts : list of ndarray
+        Bias vectors, the i-th of shape (n_outputs_i,).
+
+    activations : list of str
+        The activation after each layer, one of ``"relu"``, ``"leaky_relu"``,
+        ``"sigmoid"``, ``"tanh"``, ``"gelu"``, ``"identity"``.
+
+    negative_slope : float
+        Slope of ``"leaky_relu"`` for negative inputs.
+
+    Attributes
+    ----------
+    coefs_ : list of ndarray
+        The weight matrices.
+
+    intercepts_ : list of ndarray
+        The bias vectors.
+
+    activations_ : list of str
+        The activation after each layer.
+
+    negative_slope : float
+        Slope of the leaky ReLU for negative inputs.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_nlica.datasets import MixingMLP
+    >>> f = MixingMLP([np.eye(2)], [np.zeros(2)], ["leaky_relu"], 0.5)
+    >>> f(np.array([[1.0, -2.0]]))
+    array([[ 1., -1.]])
+    >>> f.inverse(np.array([[1.0, -1.0]]))
+    array([[ 1., -2.]])
+    """
+
+    def __init__(self, coefs, intercepts, activations, negative_slope):
+        self.coefs_ = [np.asarray(W, dtype=np.float64) for W in coefs]
+        self.intercepts_ = [np.asarray(b, dtype=np.float64) for b in intercepts]
+        self.activations_ = list(activations)
+        self.negative_slope = float(negative_slope)
+
+    @property
+    def n_components(self):
+        """Number of inputs (sources)."""
+        return self.coefs_[0].shape[0]
+
+    @property
+    def n_features(self):
+        """Number of outputs (observed features)."""
+        return self.coefs_[-1].shape[1]
+
+    def __call__(self, S):
+        """Map sources to noiseless observations.
+
+        Parameters
+        ----------
+        S : array-like of shape (n_samples, n_components)
+            Sources.
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, n_features)
+            Noiseless observations.
+        """
+        H = np.asarray(S, dtype=np.float64)
+        if H.ndim != 2 or H.shape[1] != self.n_components:
+            raise ValueError(
+                f"Expected sources of shape (n_samples, {self.n_components}); "
+                f"got {H.shape}."
+            )
+        for W, b, name in zip(self.coefs_, self.intercepts_, self.activations_):
+            H = _activate(name, H @ W + b, self.negative_slope)
+        return H
+
+    def inverse(self, X):
+        """Recover the sources from noiseless observations.
+
+        Available when every layer is injective (no fewer outputs than
+        inputs, full column rank) and every activation is invertible
+        (``"leaky_relu"``, ``"sigmoid"``, ``"tanh"``, ``"identity"``), as in
+        :func:`make_segmented_sources`. Each layer is undone by least
+        squares, which is exact on the image of the mixing.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Noiseless observations, ``mixing(S)``.
+
+        Returns
+        -------
+        S : ndarray of shape (n_samples, n_components)
+            The sources.
+        """
+        H = np.asarray(X, dtype=np.float64)
+        for W, b, name in reversed(
+            list(zip(self.coefs_, self.intercepts_, self.activations_))
+        ):
+            if W.shape[0] > W.shape[1]:
+                raise ValueError("A layer that reduces dimension is not invertible.")
+            H = _deactivate(name, H, self.negative_slope) - b
+            H = np.linalg.lstsq(W.T, H.T, rcond=None)[0].T
+        return H
+
+    def __repr__(self):
+        sizes = [self.coefs_[0].shape[0]] + [W.shape[1] for W in self.coefs_]
+        return f"MixingMLP(layer_sizes={sizes}, activations={self.activations_})"
+
+
+def _check_int(name, value, minimum):
+    if (
+        not isinstance(value, numbers.Integral)
+        or isinstance(value, bool)
+        or value < minimum
+    ):
+        raise ValueError(f"{name} must be an int >= {minimum}; got {value!r}.")
+    return int(value)
+
+
+def _check_noise_std(noise_std):
+    if (
+        not isinstance(noise_std, numbers.Real)
+        or isinstance(noise_std, bool)
+        or not np.isfinite(noise_std)
+        or noise_std < 0
+    ):
+        raise ValueError(f"noise_std must be a finite float >= 0; got {noise_std!r}.")
+    return float(noise_std)
+
+
+def _check_range(name, value, positive=False):
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a pair (low, high); got {value!r}.") from None
+    if not (np.isfinite(low) and np.isfinite(high) and low <= high) or (
+        positive and low <= 0
+    ):
+        raise ValueError(
+            f"{name} must be a finite pair with low <= high"
+            + (" and low > 0" if positive else "")
+            + f"; got {value!r}."
+        )
+    return low, high
+
+
+def make_nonlinear_ica(
+    n_samples=1000,
+    n_components=2,
+    n_features=20,
+    *,
+    activation="leaky_relu",
+    noise_std=1.0,
+    hidden_size=None,
+    random_state=None,
+    return_mixing=False,
+):
+    """Generate observations of the nonlinear ICA model with Gaussian sources.
+
+    The process of the MLE-vs-VAE report (seed 003, section 4.1)::
+
+        S ~ N(0, I_m)                      (n_samples, n_components)
+        X = f(S) + noise_std * N(0, I_n)   (n_samples, n_features)
+
+    with ``f`` a random MLP, drawn once:
+
+    - ``hidden_size=None`` (the report's generator): one layer followed by
+      the activation, ``f(s) = activation(s @ W + b)``, W of shape
+      (n_components, n_features);
+    - ``hidden_size=h``: one hidden layer of width ``h`` and a linear
+      output layer, ``f(s) = activation(s @ W1 + b1) @ W2``.
+
+    Weights are drawn as ``W ~ N(0, 1 / fan_in)`` entrywise, so that
+    pre-activations have unit variance whatever the dimensions, and biases
+    of the activated layer as ``b ~ U(-1, 1)``, which places the kinks of
+    ReLU-type activations (and the inflection of sigmoid/tanh) inside the
+    bulk of the data. The output layer has no bias.
+
+    Parameters
+    ----------
+    n_samples : int, default=1000
+        Number of rows.
+
+    n_components : int, default=2
+        Dimension m of the sources.
+
+    n_features : int, default=20
+        Dimension n of the observations.
+
+    activation : {"leaky_relu", "relu", "sigmoid", "tanh", "gelu", \
+            "identity"}, default="leaky_relu"
+        Nonlinearity of ``f``. ``"leaky_relu"`` has negative slope 0.01, as
+        in :class:`torch.nn.LeakyReLU`; ``"gelu"`` is the exact GELU
+        ``x * Phi(x)``; ``"identity"`` gives linear (non-identifiable)
+        mixing.
+
+    noise_std : float, default=1.0
+        Standard deviation sigma of the isotropic Gaussian noise. The
+        report fixes sigma^2 = 1.
+
+    hidden_size : int or None, default=None
+        Width of the hidden layer; None for the report's single activated
+        layer (see above).
+
+    random_state : int, RandomState instance or None, default=None
+        Determines the mixing, the sources and the noise. Pass an int for
+        reproducible output. The mixing is drawn first, so it does not
+        depend on ``n_samples``.
+
+    return_mixing : bool, default=False
+        If True, also return the mixing function ``f``.
+
+    Returns
+    -------
+    X : ndarray of shape (n_samples, n_features)
+        Observations.
+
+    S : ndarray of shape (n_samples, n_components)
+        The sources (latent variables).
+
+    mixing : MixingMLP
+        The function ``f``, a numpy callable: ``mixing(S)`` gives the
+        noiseless observations, so ``X - mixing(S)`` is exactly the noise.
+        Only returned if ``return_mixing=True``.
+
+    See Also
+    --------
+    make_segmented_sources : Nonstationary sources with an auxiliary
+        variable, under which nonlinear ICA is identifiable.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_nlica.datasets import make_nonlinear_ica
+    >>> X, S, f = make_nonlinear_ica(n_samples=500, n_components=2,
+    ...                              n_features=20, activation="tanh",
+    ...                              noise_std=0.1, random_state=0,
+    ...                              return_mixing=True)
+    >>> X.shape, S.shape
+    ((500, 20), (500, 2))
+    >>> round(float(np.std(X - f(S))), 1)
+    0.1
+    """
+    n_samples = _check_int("n_samples", n_samples, 1)
+    n_components = _check_int("n_components", n_components, 1)
+    n_features = _check_int("n_features", n_features, 1)
+    if activation not in _ACTIVATIONS:
+        raise ValueError(
+            f"activation must be one of {_ACTIVATIONS}; got {activation!r}."
+        )
+    noise_std = _check_noise_std(noise_std)
+    if hidden_size is not None:
+        hidden_size = _check_int("hidden_size", hidden_size, 1)
+    rng = check_random_state(random_state)
+
+    if hidden_size is None:
+        W = rng.standard_normal((n_components, n_features)) / np.sqrt(n_components)
+        b = rng.uniform(-1.0, 1.0, size=n_features)
+        mixing = MixingMLP([W], [b], [activation], _LEAKY_RELU_SLOPE)
+    else:
+        W1 = rng.standard_normal((n_components, hidden_size)) / np.sqrt(n_components)
+        b1 = rng.uniform(-1.0, 1.0, size=hidden_size)
+        W2 = rng.standard_normal((hidden_size, n_features)) / np.sqrt(hidden_size)
+        mixing = MixingMLP(
+            [W1, W2],
+            [b1, np.zeros(n_features)],
+            [activation, "identity"],
+            _LEAKY_RELU_SLOPE,
+        )
+
+    S = rng.standard_normal((n_samples, n_components))
+    X = mixing(S)
+    if noise_std > 0:
+        X += noise_std * rng.standard_normal(X.shape)
+    if return_mixing:
+        return X, S, mixing
+    return X, S
+
+
+# How many candidate matrices are drawn to estimate the condition-number
+# quantile below which a mixing matrix is accepted; the original study used
+# 10^4 draws once per dimension, which is needlessly slow for a generator.
+_N_CONDITION_DRAWS = 256
+
+
+def _well_conditioned_matrix(rng, n_in, n_out):
+    """Random matrix with unit-norm columns and a small condition number.
+
+    Following Khemakhem et al.: entries U(-1, 1), columns normalised, and
+    accepted only below the 25th percentile of the condition number of such
+    matrices. Drawing a batch and picking uniformly among its lower quarter
+    samples the same conditional distribution as their rejection loop, with
+    a bounded cost.
+    """
+    candidates = rng.uniform(-1.0, 1.0, size=(_N_CONDITION_DRAWS, n_in, n_out))
+    candidates /= np.linalg.norm(candidates, axis=1, keepdims=True)
+    conditions = np.linalg.cond(candidates)
+    accepted = np.flatnonzero(conditions <= np.percentile(conditions, 25))
+    return candidates[rng.choice(accepted)]
+
+
+def make_segmented_sources(
+    n_segments=40,
+    n_per_segment=250,
+    n_components=5,
+    n_features=None,
+    *,
+    n_layers=3,
+    noise_std=0.1,
+    std_range=(0.5, 3.0),
+    mean_range=None,
+    negative_slope=0.1,
+    shuffle=False,
+    random_state=None,
+    return_mixing=False,
+):
+    """Generate nonstationary sources mixed by a random invertible MLP.
+
+    The simulation of the identifiable VAE (Khemakhem, Kingma, Monti and
+    Hyvarinen, 2020), after the time-contrastive learning setting of
+    Hyvarinen and Morioka (2016). The rows come in ``n_segments`` segments
+    of ``n_per_segment`` rows; the segment index is the auxiliary variable
+    ``u``. Within segment ``u`` the sources are independent Gaussians::
+
+        S[i, j] ~ N(mean[u, j], std[u, j] ** 2)
+        std[u, j] ~ U(std_range)            (drawn once per segment)
+        mean[u, j] ~ U(mean_range), or 0 if mean_range is None
+
+    so that the sources are independent given ``u`` but not Gaussian
+    marginally. They are mixed by an MLP of ``n_layers`` layers::
+
+        H_0 = S
+        H_k = leaky_relu(H_{k-1} @ A_k)     for k < n_layers
+        X   = H_{n_layers - 1} @ A_{n_layers} + noise_std * N(0, I)
+
+    with ``A_1`` of shape (n_components, n_features) and the others square.
+    Each ``A_k`` has entries U(-1, 1), unit-norm columns, and is kept only if
+    its condition number lies below the 25th percentile of such matrices,
+    which makes the mixing invertible and well conditioned. ``n_layers=1``
+    gives linear mixing.
+
+    Parameters
+    ----------
+    n_segments : int, default=40
+        Number of segments (values of the auxiliary variable).
+
+    n_per_segment : int, default=250
+        Number of rows in each segment.
+
+    n_components : int, default=5
+        Number of sources.
+
+    n_features : int or None, default=None
+        Number of observed features, at least ``n_components`` so that the
+        mixing is injective; None means ``n_components``.
+
+    n_layers : int, default=3
+        Number of layers of the mixing MLP (the last one is linear).
+
+    noise_std : float, default=0.1
+        Standard deviation of the isotropic Gaussian sensor noise.
+
+    std_range : tuple of float, default=(0.5, 3.0)
+        Range of the uniform distribution of the per-segment standard
+        deviations, as in the original simulations.
+
+    mean_range : tuple of float or None, default=None
+        Range of the uniform distribution of the per-segment means; None for
+        zero means (only the variances change). The original simulations
+        used (-5, 5) for their uncentred variant.
+
+    negative_slope : float, default=0.1
+        Slope of the leaky ReLU for negative inputs, as in the original
+        simulations; must be positive for the mixing to be invertible.
+
+    shuffle : bool, default=False
+        Whether to shuffle the rows. Unshuffled, the segments are
+        contiguous, as for a time series; note that unshuffled K-fold
+        cross-validation then tests on segments absent from training.
+
+    random_state : int, RandomState instance or None, default=None
+        Determines the mixing, the segment parameters, the sources, the
+        noise and the shuffling, drawn in that order. Pass an int for
+        reproducible output.
+
+    return_mixing : bool, default=False
+        If True, also return the mixing function.
+
+    Returns
+    -------
+    X : ndarray of shape (n_segments * n_per_segment, n_features)
+        Observations.
+
+    S : ndarray of shape (n_segments * n_per_segment, n_components)
+        The sources.
+
+    U : ndarray of shape (n_segments * n_per_segment,)
+        Segment labels (ints from 0 to ``n_segments - 1``), the auxiliary
+        variable; pass it as ``y`` to an identifiable VAE.
+
+    mixing : MixingMLP
+        The mixing function: ``mixing(S)`` gives the noiseless observations
+        and ``mixing.inverse`` recovers ``S`` from them. Only returned if
+        ``return_mixing=True``.
+
+    See Also
+    --------
+    make_nonlinear_ica : Stationary Gaussian sources, no auxiliary variable.
+
+    References
+    ----------
+    .. [1] I. Khemakhem, D. P. Kingma, R. P. Monti and A. Hyvarinen,
+       "Variational autoencoders and nonlinear ICA: a unifying framework",
+       AISTATS 2020.
+    .. [2] A. Hyvarinen and H. Morioka, "Unsupervised feature extraction by
+       time-contrastive learning and nonlinear ICA", NeurIPS 2016.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_nlica.datasets import make_segmented_sources
+    >>> X, S, U, f = make_segmented_sources(n_segments=4, n_per_segment=100,
+    ...                                     n_components=2, noise_std=0.0,
+    ...                                     random_state=0, return_mixing=True)
+    >>> X.shape, S.shape, U.shape
+    ((400, 2), (400, 2), (400,))
+    >>> np.unique(U)
+    array([0, 1, 2, 3])
+    >>> bool(np.allclose(f.inverse(X), S))
+    True
+    """
+    n_segments = _check_int("n_segments", n_segments, 1)
+    n_per_segment = _check_int("n_per_segment", n_per_segment, 1)
+    n_components = _check_int("n_components", n_components, 1)
+    if n_features is None:
+        n_features = n_components
+    n_features = _check_int("n_features", n_features, 1)
+    if n_features < n_components:
+        raise ValueError(
+            f"n_features ({n_features}) must be >= n_components ({n_components}) "
+            "for the mixing to be invertible."
+        )
+    n_layers = _check_int("n_layers", n_layers, 1)
+    noise_std = _check_noise_std(noise_std)
+    std_low, std_high = _check_range("std_range", std_range, positive=True)
+    if mean_range is not None:
+        mean_low, mean_high = _check_range("mean_range", mean_range)
+    if (
+        not isinstance(negative_slope, numbers.Real)
+        or isinstance(negative_slope, bool)
+        or not (0 < negative_slope < np.inf)
+    ):
+        raise ValueError(
+            f"negative_slope must be a positive float; got {negative_slope!r}."
+        )
+    rng = check_random_state(random_state)
+
+    coefs = [_well_conditioned_matrix(rng, n_components, n_features)]
+    coefs += [
+        _well_conditioned_matrix(rng, n_features, n_features)
+        for _ in range(n_layers - 1)
+    ]
+    mixing = MixingMLP(
+        coefs,
+        [np.zeros(n_features)] * n_layers,
+        ["leaky_relu"] * (n_layers - 1) + ["identity"],
+        negative_slope,
+    )
+
+    stds = rng.uniform(std_low, std_high, size=(n_segments, n_components))
+    if mean_range is None:
+        means = np.zeros((n_segments, n_components))
+    else:
+        means = rng.uniform(mean_low, mean_high, size=(n_segments, n_components))
+    U = np.repeat(np.arange(n_segments), n_per_segment)
+    S = rng.standard_normal((U.size, n_components)) * stds[U] + means[U]
+
+    X = mixing(S)
+    if noise_std > 0:
+        X += noise_std * rng.standard_normal(X.shape)
+    if shuffle:
+        order = rng.permutation(U.size)
+        X, S, U = X[order], S[order], U[order]
+    if return_mixing:
+        return X, S, U, mixing
+    return X, S, U
