@@ -29,18 +29,19 @@ The package's own estimators are not needed to show the mechanics: here
 # ------------------------------
 # Both metrics compare two data matrices row by row. On *independent*
 # Gaussian matrices a sensible dissimilarity should say "unrelated" whatever
-# the dimension. The Procrustes disparity does (it stays near 1), while the
-# first canonical correlation grows with the number of columns, towards
-# Wachter's edge ``2 sqrt(g (1 - g))`` with ``g = n_columns / n_samples``:
-# the observation behind the report's choice of the disparity.
+# the dimension. The Procrustes disparity nearly does (it declines slowly,
+# about as ``1 - 0.7 g`` with ``g = n_columns / n_samples``), while the first
+# canonical correlation climbs fast with the number of columns, along
+# Wachter's edge ``2 sqrt(g (1 - g))``: the observation behind the report's
+# choice of the disparity.
 import matplotlib.pyplot as plt
 import numpy as np
 
 from sklearn_nlica.metrics import cca_score, procrustes_disparity
 
 rng = np.random.default_rng(0)
-n_samples = 2000
-dimensions = [2, 10, 50, 100, 200, 400]
+n_samples = 1000
+dimensions = [2, 10, 25, 50, 100, 200]
 disparities, correlations = [], []
 for p in dimensions:
     A = rng.standard_normal((n_samples, p))
@@ -79,7 +80,7 @@ X, S, U = make_segmented_sources(
     shuffle=True,
     random_state=0,
 )
-X.shape, S.shape, U.shape
+print(f"X: {X.shape}, S: {S.shape}, U: {U.shape}")
 
 # %%
 # Reconstruction mode
@@ -87,7 +88,6 @@ X.shape, S.shape, U.shape
 # The ready-made scorers need only ``X``. Several can be given at once, with
 # ``refit`` naming the one that picks the best model. They are
 # greater-is-better, so the disparity scorer returns minus the disparity.
-import pandas as pd
 from sklearn.decomposition import PCA, FastICA
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
@@ -104,10 +104,15 @@ search = GridSearchCV(
     cv=4,
 )
 search.fit(X)
-results = pd.DataFrame(search.cv_results_)
-results[
-    ["param_model__n_components", "mean_test_disparity", "mean_test_cca", "mean_test_mcc"]
-]
+results = search.cv_results_
+print("n_components  -disparity     cca     mcc")
+for k, d, c, m in zip(
+    results["param_model__n_components"],
+    results["mean_test_disparity"],
+    results["mean_test_cca"],
+    results["mean_test_mcc"],
+):
+    print(f"{k:12d}  {d:10.4f}  {c:6.3f}  {m:6.3f}")
 
 # %%
 # The disparity reaches 0 (up to the noise) at the true number of sources,
@@ -116,7 +121,7 @@ results[
 # combination of it always matches some combination of ``X`` perfectly.
 # ``make_latent_scorer("cca", n_components=None)`` averages all canonical
 # correlations instead.
-search.best_params_
+print(search.best_params_)
 
 # %%
 # Latent mode: the sources as metadata
@@ -149,21 +154,25 @@ with sklearn.config_context(enable_metadata_routing=True):
     # scorers only.
     search.fit(X, U, sources=S)
 
-latent = pd.DataFrame(search.cv_results_)
-latent["model"] = ["PCA", "FastICA"]
-latent[["model", "mean_test_mcc", "mean_test_disparity", "mean_test_reconstruction"]]
+latent = search.cv_results_
+models = ["PCA", "FastICA"]  # the order of the grid
+names = ["mcc", "disparity", "reconstruction"]
+print("model      mcc  -disparity  -disparity(X)")
+for i, model in enumerate(models):
+    values = "  ".join(f"{latent[f'mean_test_{name}'][i]:9.4f}" for name in names)
+    print(f"{model:8s} {values}")
 
 # %%
-# Both models reconstruct equally well (both span the same 3-dimensional
+# Both models reconstruct equally well (they span the same 3-dimensional
 # subspace), but only FastICA recovers the individual sources: PCA returns
-# rotated mixtures of them. Procrustes, being invariant to rotations, cannot
-# tell the two apart; the mean correlation coefficient, which allows only
-# permutations, signs and scales, can.
+# mixtures of them. The latent disparity sees only part of the difference,
+# since it forgives any rotation of the sources and penalises PCA just for
+# the unequal scales of its components; the mean correlation coefficient,
+# which forgives only permutations, signs and scales, sees the mixing.
 fig, ax = plt.subplots(figsize=(5, 3.5))
-names = ["mcc", "disparity", "reconstruction"]
 width = 0.35
-for i, model in enumerate(latent["model"]):
-    values = [latent.loc[i, f"mean_test_{name}"] for name in names]
+for i, model in enumerate(models):
+    values = [latent[f"mean_test_{name}"][i] for name in names]
     ax.bar(np.arange(3) + (i - 0.5) * width, values, width, label=model)
 ax.set_xticks(np.arange(3), ["MCC (latent)", "-disparity (latent)", "-disparity (X)"])
 ax.axhline(0, color="k", lw=0.5)

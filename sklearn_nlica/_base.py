@@ -234,7 +234,7 @@ class LatentVariableModel(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
                 sink=print if self.verbose else noop)),
         ]
         if self.verbose == 1:
-            callbacks.append(("progress_bar", EpochProgressBar(self.max_iter)))
+            callbacks.append(("progress_bar", EpochProgressBar(self.max_iter, type(self).__name__)))
         return callbacks + list(self.callbacks or [])
 
     def _store_history(self, net):

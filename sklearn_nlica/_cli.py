@@ -12,9 +12,11 @@ parameters; the data are standardised first unless ``--no-standardize``.
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -144,23 +146,27 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     from sklearn_nlica.metrics import mean_correlation_coefficient, procrustes_disparity
 
-    if args.data is None:
-        X, S = builtin_data(args)
-        source = (f"built-in make_nonlinear_ica data ({X.shape[0]} x {X.shape[1]}, "
-                  f"{args.n_components} sources)")
-    else:
-        X, S = load_data(args.data), None
-        source = f"{args.data} ({X.shape[0]} x {X.shape[1]})"
-    cls = _estimator_class(args.estimator)
-    estimator = cls(**estimator_params(cls, args))
-    model = estimator if args.no_standardize else make_pipeline(StandardScaler(),
-                                                                estimator)
-    print(f"nlica: fitting {cls.__name__} on {source}", flush=True)
-    start = time.perf_counter()
     try:
-        model.fit(X)
+        if args.data is None:
+            X, S = builtin_data(args)
+            source = (f"built-in make_nonlinear_ica data ({X.shape[0]} x {X.shape[1]}, "
+                      f"{args.n_components} sources)")
+        else:
+            X, S = load_data(args.data), None
+            source = f"{args.data} ({X.shape[0]} x {X.shape[1]})"
+        cls = _estimator_class(args.estimator)
+        estimator = cls(**estimator_params(cls, args))
+        model = estimator if args.no_standardize else make_pipeline(StandardScaler(),
+                                                                    estimator)
+        print(f"nlica: fitting {cls.__name__} on {source}", flush=True)
+        start = time.perf_counter()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            model.fit(X)
     except (ValueError, TypeError, FloatingPointError) as exc:
         raise SystemExit(f"nlica: {type(exc).__name__}: {exc}")
+    if any(issubclass(w.category, ConvergenceWarning) for w in caught):
+        print("  note: max_iter reached before convergence; try a larger --max-iter")
     elapsed = time.perf_counter() - start
     Z = model.transform(X)
     X_hat = model.inverse_transform(Z)

@@ -10,7 +10,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._densities import kl_diag_standard, log_normal_diag, log_normal_isotropic
+from ._densities import (
+    kl_diag_diag,
+    kl_diag_laplace,
+    kl_diag_standard,
+    log_laplace_diag,
+    log_normal_diag,
+    log_normal_isotropic,
+)
 
 # The slope keeps leaky-ReLU networks well conditioned and invertible, the
 # property the nonlinear-ICA mixing functions rely on.
@@ -175,3 +182,153 @@ def _score_function_term(log_lik, z, mean, variance, weights):
     baseline = (f.sum(1, keepdim=True) - f) / (k - 1) if k > 1 else 0.0
     log_q = log_normal_diag(z, mean.unsqueeze(1), variance.unsqueeze(1))
     return ((f - baseline) * (log_q - log_q.detach())) @ weights
+
+
+# ---- the identifiable VAE --------------------------------------------------
+
+# Log-variances of the conditional prior are squashed into [-B, B] (a variance
+# between 3e-4 and 3e3): a segment with few points, or one bad batch, can then
+# never drive a prior variance to 0 or infinity and the ELBO to +-inf.
+PRIOR_LOG_VARIANCE_BOUND = 8.0
+
+PRIOR_FAMILIES = ("gaussian", "variance", "laplace")
+
+
+def bounded_log_variance(raw, bound=PRIOR_LOG_VARIANCE_BOUND):
+    """``bound * tanh(raw / bound)``: the identity near 0, smooth, in (-bound, bound)."""
+    return bound * torch.tanh(raw / bound)
+
+
+class ConditionalPrior(nn.Module):
+    """A conditionally factorial prior p(z | u) = prod_i p(z_i | lambda_i(u)).
+
+    Every family is described by a location and a variance per component:
+
+    - ``"gaussian"``: N(mu_i(u), s_i^2(u)), the exponential family with
+      sufficient statistics (z, z^2) and natural parameters
+      (mu / s^2, -1 / (2 s^2));
+    - ``"variance"``: N(0, s_i^2(u)), only the variance moves with u;
+    - ``"laplace"``: Laplace(mu_i(u), b_i(u)) with variance 2 b^2.
+
+    The parameters are a table indexed by the class code of a discrete u
+    (``n_classes`` rows, initialised to the standard normal) or an MLP of a
+    continuous u of width ``n_aux``. Either way they are stored as
+    (location, log-variance), a smooth one-to-one reparameterisation of the
+    natural parameters whose log-variance is bounded (see
+    ``PRIOR_LOG_VARIANCE_BOUND``).
+    """
+
+    def __init__(self, n_components, *, family="gaussian", n_classes=None, n_aux=None,
+                 hidden_layer_sizes=(), activation="leaky_relu"):
+        super().__init__()
+        if family not in PRIOR_FAMILIES:
+            raise ValueError(f"family must be one of {PRIOR_FAMILIES}, got {family!r}.")
+        if (n_classes is None) == (n_aux is None):
+            raise ValueError("Give exactly one of n_classes (discrete u) and n_aux "
+                             "(continuous u).")
+        self.n_components = n_components
+        self.family = family
+        self.discrete = n_classes is not None
+        self.n_classes = n_classes
+        self.n_aux = n_aux
+        n_params = n_components * (1 if family == "variance" else 2)
+        if self.discrete:
+            self.table = nn.Embedding(n_classes, n_params)
+            nn.init.zeros_(self.table.weight)
+        else:
+            self.net = make_mlp(n_aux, hidden_layer_sizes, n_params, activation)
+            # Start from the standard normal for every u, like the table.
+            nn.init.zeros_(self.net[-1].weight)
+            nn.init.zeros_(self.net[-1].bias)
+
+    def features(self, u, dtype):
+        """u as network input: one-hot codes, or the covariates themselves."""
+        if self.discrete:
+            return F.one_hot(u, self.n_classes).to(dtype)
+        return u
+
+    def forward(self, u):
+        """Location and variance of p(z | u), each of shape (len(u), m)."""
+        params = self.table(u) if self.discrete else self.net(u)
+        m = self.n_components
+        if self.family == "variance":
+            loc, raw = torch.zeros_like(params), params
+        else:
+            loc, raw = params[..., :m], params[..., m:]
+        return loc, torch.exp(bounded_log_variance(raw))
+
+    def kl(self, mean_q, variance_q, loc, variance):
+        """KL(N(mean_q, variance_q) || p) for the prior with these parameters."""
+        if self.family == "laplace":
+            return kl_diag_laplace(mean_q, variance_q, loc, (0.5 * variance).sqrt())
+        return kl_diag_diag(mean_q, variance_q, loc, variance)
+
+    def log_prob(self, z, loc, variance):
+        """log p(z | u) for the prior with these parameters, summed over z's last axis."""
+        if self.family == "laplace":
+            return log_laplace_diag(z, loc, (0.5 * variance).sqrt())
+        return log_normal_diag(z, loc, variance)
+
+    def sample(self, u):
+        """One draw of z ~ p(z | u) per row of u, from torch's global generator."""
+        loc, variance = self(u)
+        if self.family == "laplace":
+            scale = (0.5 * variance).sqrt()
+            e = torch.rand_like(loc) - 0.5
+            # Inverse CDF; the clamp keeps log1p away from log(0).
+            return loc - scale * e.sign() * torch.log1p(
+                -2.0 * e.abs().clamp(max=0.5 - 1e-12))
+        return loc + variance.sqrt() * torch.randn_like(loc)
+
+
+class IdentifiableVAEModule(nn.Module):
+    """The iVAE: p(x, z | u) = p(x | z) p(z | u), ``forward(x, u)`` returns the
+    per-sample (weighted) ELBO.
+
+    The encoder is q(z | x), or q(z | x, u) with ``conditional_encoder`` (its
+    input is then x concatenated with the prior's features of u). The
+    reconstruction term is an integration rule over the reparameterisation, as
+    in :class:`VAE`; the KL to p(z | u) is in closed form. During training,
+    ``kl_weight`` (set by a warm-up callback, 1 otherwise) multiplies the KL;
+    :meth:`elbo` is always the plain ELBO.
+    """
+
+    def __init__(self, encoder, decoder, prior, integrator, n_nodes,
+                 conditional_encoder=False):
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.prior = prior
+        self.integrator = integrator
+        self.n_nodes = n_nodes
+        self.conditional_encoder = conditional_encoder
+        self.kl_weight = 1.0
+
+    def encode(self, x, u=None):
+        """Mean and variance of q(z | x) or q(z | x, u)."""
+        if self.conditional_encoder:
+            x = torch.cat([x, self.prior.features(u, x.dtype)], dim=-1)
+        return self.encoder(x)
+
+    def forward(self, x, u):
+        rule = self.integrator.rule(self.prior.n_components, self.n_nodes,
+                                    dtype=x.dtype, device=x.device)
+        reconstruction, kl = self.terms(x, u, rule)
+        return reconstruction - self.kl_weight * kl
+
+    def reconstruction(self, x, mean, variance, rule):
+        """E_q[log p(x | z)] by the rule over z = mean + s * e."""
+        z = mean.unsqueeze(1) + variance.sqrt().unsqueeze(1) * rule.nodes
+        return self.decoder.log_prob(x.unsqueeze(1), z) @ signed_weights(rule)
+
+    def terms(self, x, u, rule):
+        """The reconstruction term and KL(q || p(z | u)), per sample."""
+        mean, variance = self.encode(x, u)
+        loc, prior_variance = self.prior(u)
+        return (self.reconstruction(x, mean, variance, rule),
+                self.prior.kl(mean, variance, loc, prior_variance))
+
+    def elbo(self, x, u, rule):
+        """Per-sample ELBO of ``x`` (B, n) given ``u`` (B,) or (B, k)."""
+        reconstruction, kl = self.terms(x, u, rule)
+        return reconstruction - kl

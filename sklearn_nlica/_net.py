@@ -99,14 +99,14 @@ class RaiseOnNonFinite(Callback):
 class EpochProgressBar(Callback):
     """One tqdm bar over epochs showing the latest training loss."""
 
-    def __init__(self, total):
+    def __init__(self, total, desc=None):
         self.total = total
+        self.desc = desc
 
     def on_train_begin(self, net, **kwargs):
         from tqdm.auto import tqdm
 
-        self.bar_ = tqdm(total=self.total, desc=type(net.module_).__name__,
-                         unit="epoch", leave=False)
+        self.bar_ = tqdm(total=self.total, desc=self.desc, unit="epoch", leave=False)
 
     def on_epoch_end(self, net, **kwargs):
         row = net.history[-1]

@@ -8,7 +8,8 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._base import LatentVariableModel
-from ._densities import log_normal_diag, log_standard_normal, signed_logsumexp
+from ._densities import log_normal_diag, log_standard_normal
+from ._marginal import signed_logsumexp
 from ._modules import VAE, GaussianDecoder, GaussianEncoder
 
 # Upper bound on the elements of one (rows x nodes x features) tensor when

@@ -21,7 +21,7 @@ import numpy as np
 from scipy.special import expit, logit, ndtr
 from sklearn.utils import check_random_state
 
-__all__ = ["make_nonlinear_ica", "make_segmented_sources", "MixingMLP"]
+__all__ = ["MixingMLP", "make_nonlinear_ica", "make_segmented_sources"]
 
 _ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "gelu", "identity")
 

@@ -34,13 +34,13 @@ from sklearn.utils.metadata_routing import (
 )
 
 __all__ = [
-    "procrustes_disparity",
     "cca_score",
-    "mean_correlation_coefficient",
-    "make_latent_scorer",
-    "procrustes_scorer",
     "cca_scorer",
+    "make_latent_scorer",
     "mcc_scorer",
+    "mean_correlation_coefficient",
+    "procrustes_disparity",
+    "procrustes_scorer",
 ]
 
 
@@ -198,7 +198,10 @@ def procrustes_disparity(A, B):
     B = B - B.mean(axis=0)
     norm_a = np.linalg.norm(A)
     norm_b = np.linalg.norm(B)
-    if norm_a <= _zero_spread_tol(A) * scale_a or norm_b <= _zero_spread_tol(B) * scale_b:
+    if (
+        norm_a <= _zero_spread_tol(A) * scale_a
+        or norm_b <= _zero_spread_tol(B) * scale_b
+    ):
         return 1.0
     A /= norm_a
     B /= norm_b
@@ -344,9 +347,7 @@ def mean_correlation_coefficient(A, B, *, method="pearson"):
     1.0
     """
     if method not in ("pearson", "spearman"):
-        raise ValueError(
-            f"method must be 'pearson' or 'spearman'; got {method!r}."
-        )
+        raise ValueError(f"method must be 'pearson' or 'spearman'; got {method!r}.")
     A, B = _check_pair(A, B)
     if method == "spearman":
         A = rankdata(A, axis=0)
@@ -382,7 +383,21 @@ def _as_column_matrix(M):
 class _LatentModelScorer:
     """Scorer comparing a transformer's output with a reference.
 
-    Created by :func:`make_latent_scorer`; see there for the modes.
+    Created by :func:`make_latent_scorer`; see there for the modes. The
+    ready-made ``procrustes_scorer``, ``cca_scorer`` and ``mcc_scorer`` are
+    instances in reconstruction mode.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.decomposition import PCA
+    >>> from sklearn_nlica.metrics import mcc_scorer, procrustes_scorer
+    >>> X = np.random.default_rng(0).standard_normal((100, 4))
+    >>> pca = PCA(n_components=4).fit(X)
+    >>> round(procrustes_scorer(pca, X), 10) == 0
+    True
+    >>> round(mcc_scorer(pca, X), 10)
+    1.0
     """
 
     def __init__(self, score_func, *, mode, sign, kwargs, name):
@@ -440,7 +455,9 @@ class _LatentModelScorer:
         if self._mode == "reconstruction":
             reference = X
             latent = _call_method(estimator, "transform", X, self._mode)
-            prediction = _call_method(estimator, "inverse_transform", latent, self._mode)
+            prediction = _call_method(
+                estimator, "inverse_transform", latent, self._mode
+            )
         else:
             if self._mode == "latent":
                 reference = sources

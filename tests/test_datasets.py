@@ -39,8 +39,14 @@ def test_nonlinear_ica_shapes_and_exact_mixing(activation, hidden_size):
 
 def test_nonlinear_ica_single_layer_is_the_report_process():
     # f(s) = activation(s @ W + b): check each activation by hand.
-    kwargs = dict(n_samples=200, n_components=2, n_features=4, noise_std=0.0,
-                  random_state=1, return_mixing=True)
+    kwargs = {
+        "n_samples": 200,
+        "n_components": 2,
+        "n_features": 4,
+        "noise_std": 0.0,
+        "random_state": 1,
+        "return_mixing": True,
+    }
     expected = {
         "relu": lambda H: np.maximum(H, 0),
         "leaky_relu": lambda H: np.where(H > 0, H, 0.01 * H),
@@ -61,8 +67,14 @@ def test_nonlinear_ica_single_layer_is_the_report_process():
 
 def test_nonlinear_ica_hidden_layer():
     X, S, f = make_nonlinear_ica(
-        n_samples=100, n_components=2, n_features=5, activation="tanh",
-        hidden_size=9, noise_std=0.0, random_state=0, return_mixing=True,
+        n_samples=100,
+        n_components=2,
+        n_features=5,
+        activation="tanh",
+        hidden_size=9,
+        noise_std=0.0,
+        random_state=0,
+        return_mixing=True,
     )
     (W1, W2), (b1, b2) = f.coefs_, f.intercepts_
     assert W1.shape == (2, 9) and W2.shape == (9, 5)
@@ -73,8 +85,12 @@ def test_nonlinear_ica_hidden_layer():
 
 def test_nonlinear_ica_noise_and_sources_distribution():
     X, S, f = make_nonlinear_ica(
-        n_samples=20000, n_components=2, n_features=10, noise_std=0.5,
-        random_state=0, return_mixing=True,
+        n_samples=20000,
+        n_components=2,
+        n_features=10,
+        noise_std=0.5,
+        random_state=0,
+        return_mixing=True,
     )
     # Standard normal sources, white noise of the requested scale; tolerances
     # are ~5 standard errors at these sample sizes.
@@ -87,8 +103,9 @@ def test_nonlinear_ica_noise_and_sources_distribution():
 
 def test_nonlinear_ica_weight_scaling():
     # Pre-activations have unit-order variance whatever the dimensions.
-    f = make_nonlinear_ica(n_components=50, n_features=2000, random_state=0,
-                           return_mixing=True)[2]
+    f = make_nonlinear_ica(
+        n_components=50, n_features=2000, random_state=0, return_mixing=True
+    )[2]
     (W,), (b,) = f.coefs_, f.intercepts_
     assert W.var() * 50 == pytest.approx(1, rel=0.05)
     assert -1 <= b.min() and b.max() <= 1
@@ -150,9 +167,13 @@ def test_segmented_source_distribution():
     # mean ~ U(mean_range); estimated from 4000 rows per segment, the sample
     # std and mean are within ~4 standard errors of the truth, which the
     # ranges below contain with a wide margin.
-    X, S, U = make_segmented_sources(
-        n_segments=8, n_per_segment=4000, n_components=3, std_range=(0.5, 3.0),
-        mean_range=(-5.0, 5.0), random_state=0,
+    _, S, U = make_segmented_sources(
+        n_segments=8,
+        n_per_segment=4000,
+        n_components=3,
+        std_range=(0.5, 3.0),
+        mean_range=(-5.0, 5.0),
+        random_state=0,
     )
     stds = np.array([S[U == u].std(0) for u in range(8)])
     means = np.array([S[U == u].mean(0) for u in range(8)])
@@ -161,8 +182,9 @@ def test_segmented_source_distribution():
     # Parameters really vary between segments.
     assert stds.std(0).min() > 0.2 and means.std(0).min() > 1
     # Zero means by default.
-    X, S, U = make_segmented_sources(n_segments=8, n_per_segment=4000,
-                                     n_components=3, random_state=0)
+    _, S, U = make_segmented_sources(
+        n_segments=8, n_per_segment=4000, n_components=3, random_state=0
+    )
     centred = np.array([S[U == u].mean(0) / S[U == u].std(0) for u in range(8)])
     assert np.abs(centred).max() < 4 / np.sqrt(4000)
     # Within a segment the sources are uncorrelated.
@@ -172,9 +194,15 @@ def test_segmented_source_distribution():
 
 @pytest.mark.parametrize("n_layers", [1, 2, 3])
 def test_segmented_mixing_is_exact_and_invertible(n_layers):
-    X, S, U, f = make_segmented_sources(
-        n_segments=5, n_per_segment=40, n_components=3, n_features=4,
-        n_layers=n_layers, noise_std=0.0, random_state=0, return_mixing=True,
+    X, S, _U, f = make_segmented_sources(
+        n_segments=5,
+        n_per_segment=40,
+        n_components=3,
+        n_features=4,
+        n_layers=n_layers,
+        noise_std=0.0,
+        random_state=0,
+        return_mixing=True,
     )
     np.testing.assert_array_equal(X, f(S))
     np.testing.assert_allclose(f.inverse(X), S, atol=1e-8)
@@ -203,24 +231,39 @@ def test_segmented_mixing_is_well_conditioned():
 
 
 def test_segmented_leaky_relu_slope():
-    X, S, U, f = make_segmented_sources(
-        n_segments=2, n_per_segment=50, n_components=2, n_layers=2, noise_std=0.0,
-        negative_slope=0.3, random_state=0, return_mixing=True,
+    X, S, _U, f = make_segmented_sources(
+        n_segments=2,
+        n_per_segment=50,
+        n_components=2,
+        n_layers=2,
+        noise_std=0.0,
+        negative_slope=0.3,
+        random_state=0,
+        return_mixing=True,
     )
     H = S @ f.coefs_[0]
     np.testing.assert_allclose(X, np.where(H > 0, H, 0.3 * H) @ f.coefs_[1])
 
 
 def test_segmented_noise():
-    X, S, U, f = make_segmented_sources(
-        n_segments=10, n_per_segment=1000, n_components=3, noise_std=0.3,
-        random_state=0, return_mixing=True,
+    X, S, _U, f = make_segmented_sources(
+        n_segments=10,
+        n_per_segment=1000,
+        n_components=3,
+        noise_std=0.3,
+        random_state=0,
+        return_mixing=True,
     )
     np.testing.assert_allclose((X - f(S)).std(0), 0.3, rtol=0.03)
 
 
 def test_segmented_shuffle():
-    kwargs = dict(n_segments=4, n_per_segment=25, n_components=2, random_state=5)
+    kwargs = {
+        "n_segments": 4,
+        "n_per_segment": 25,
+        "n_components": 2,
+        "random_state": 5,
+    }
     X, S, U = make_segmented_sources(**kwargs)
     Xs, Ss, Us = make_segmented_sources(shuffle=True, **kwargs)
     assert not np.array_equal(Us, U)
@@ -239,13 +282,18 @@ def test_segmented_shuffle():
     n_layers=st.integers(1, 4),
 )
 def test_segmented_determinism_and_invertibility(seed, n_components, extra, n_layers):
-    kwargs = dict(
-        n_segments=3, n_per_segment=10, n_components=n_components,
-        n_features=n_components + extra, n_layers=n_layers, noise_std=0.0,
-        random_state=seed, return_mixing=True,
-    )
-    X, S, U, f = make_segmented_sources(**kwargs)
-    X2, S2, U2, f2 = make_segmented_sources(**kwargs)
+    kwargs = {
+        "n_segments": 3,
+        "n_per_segment": 10,
+        "n_components": n_components,
+        "n_features": n_components + extra,
+        "n_layers": n_layers,
+        "noise_std": 0.0,
+        "random_state": seed,
+        "return_mixing": True,
+    }
+    X, S, _U, f = make_segmented_sources(**kwargs)
+    X2, S2, _U2, _f2 = make_segmented_sources(**kwargs)
     np.testing.assert_array_equal(X, X2)
     np.testing.assert_array_equal(S, S2)
     np.testing.assert_allclose(f.inverse(X), S, atol=1e-6)

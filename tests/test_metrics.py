@@ -295,7 +295,9 @@ def test_mcc_one_under_permutation_sign_and_scale(seed, n, p, method):
     signs = rng.choice([-1.0, 1.0], size=p)
     scales = rng.uniform(1e-2, 1e2, size=p)
     B = A[:, rng.permutation(p)] * signs * scales + rng.uniform(-100, 100, size=p)
-    assert mean_correlation_coefficient(A, B, method=method) == pytest.approx(1, abs=1e-9)
+    assert mean_correlation_coefficient(A, B, method=method) == pytest.approx(
+        1, abs=1e-9
+    )
 
 
 @SETTINGS
@@ -313,7 +315,8 @@ def test_mcc_matches_brute_force_and_is_symmetric(seed, n, p):
     A, B = _gaussian(seed, n, p), _gaussian(seed + 1, n, p)
     corr = np.abs(np.corrcoef(A, B, rowvar=False)[:p, p:])
     best = max(
-        corr[np.arange(p), list(perm)].mean() for perm in itertools.permutations(range(p))
+        corr[np.arange(p), list(perm)].mean()
+        for perm in itertools.permutations(range(p))
     )
     mcc = mean_correlation_coefficient(A, B)
     assert mcc == pytest.approx(best, abs=1e-10)
@@ -416,15 +419,14 @@ SCORER_NAMES = ["procrustes", "cca", "mcc"]
 READY_MADE = {"procrustes": procrustes_scorer, "cca": cca_scorer, "mcc": mcc_scorer}
 
 
-def test_ready_made_scorers_are_reconstruction_scorers(segmented):
-    X, S, U = segmented
+def test_ready_made_scorers_are_reconstruction_scorers():
     for name, scorer in READY_MADE.items():
         assert scorer.mode == "reconstruction"
         assert repr(scorer) == f"make_latent_scorer('{name}', mode='reconstruction')"
 
 
 def test_reconstruction_mode_values(segmented):
-    X, S, U = segmented
+    X, _S, U = segmented
     full = make_pipeline(StandardScaler(), PCA(n_components=5)).fit(X)
     assert procrustes_scorer(full, X) == pytest.approx(0, abs=1e-10)
     assert cca_scorer(full, X) == pytest.approx(1)
@@ -436,7 +438,7 @@ def test_reconstruction_mode_values(segmented):
 
 
 def test_latent_y_mode_values(segmented):
-    X, S, U = segmented
+    X, S, _U = segmented
     ica = make_pipeline(StandardScaler(), _fastica()).fit(X)
     Z = ica.transform(X)
     scorer = make_latent_scorer("mcc", mode="latent_y")
@@ -460,7 +462,7 @@ def test_latent_mode_direct_call(segmented):
 
 
 def test_custom_metric_and_sign(segmented):
-    X, S, U = segmented
+    X, _S, _U = segmented
     pca = PCA(n_components=2).fit(X)
 
     def mse(A, B):
@@ -482,7 +484,7 @@ def test_make_latent_scorer_validation():
 
 
 def test_missing_methods_are_reported(segmented):
-    X, S, U = segmented
+    X, _S, _U = segmented
     no_inverse = make_pipeline(StandardScaler(), Normalizer()).fit(X)
     with pytest.raises(AttributeError, match="inverse_transform"):
         procrustes_scorer(no_inverse, X)
@@ -504,7 +506,7 @@ def test_set_score_request_needs_routing():
 
 
 def test_scorer_pickles(segmented):
-    X, S, U = segmented
+    X, S, _U = segmented
     pca = PCA(n_components=2).fit(X)
     for scorer in (procrustes_scorer, make_latent_scorer("cca", mode="latent")):
         clone_ = pickle.loads(pickle.dumps(scorer))
@@ -516,7 +518,7 @@ def test_scorer_pickles(segmented):
 
 @pytest.mark.parametrize("name", SCORER_NAMES)
 def test_grid_search_reconstruction_mode(segmented, name):
-    X, S, U = segmented
+    X, _S, _U = segmented
     pipe = make_pipeline(StandardScaler(), PCA())
     search = GridSearchCV(
         pipe, {"pca__n_components": [1, 2, 5]}, scoring=READY_MADE[name], cv=3
@@ -537,7 +539,7 @@ def test_grid_search_reconstruction_mode(segmented, name):
 
 def test_grid_search_reconstruction_all_canonical_correlations(segmented):
     # The mean of all canonical correlations does see the rank: k of 5.
-    X, S, U = segmented
+    X, _S, _U = segmented
     scorer = make_latent_scorer("cca", n_components=None)
     search = GridSearchCV(PCA(), {"n_components": [1, 2, 5]}, scoring=scorer, cv=3)
     search.fit(X)
@@ -546,7 +548,7 @@ def test_grid_search_reconstruction_all_canonical_correlations(segmented):
 
 @pytest.mark.parametrize("name", SCORER_NAMES)
 def test_grid_search_latent_y_mode(segmented, name):
-    X, S, U = segmented
+    X, S, _U = segmented
     search = GridSearchCV(
         make_pipeline(StandardScaler(), _fastica()),
         {"fastica__n_components": [1, 3]},
@@ -635,12 +637,15 @@ def test_cross_validate(segmented, routing):
 
 
 def test_cross_validate_without_routing(segmented):
-    X, S, U = segmented
+    X, S, _U = segmented
     results = cross_validate(
         _fastica(),
         X,
         S,
-        scoring={"disparity": procrustes_scorer, "mcc": make_latent_scorer("mcc", mode="latent_y")},
+        scoring={
+            "disparity": procrustes_scorer,
+            "mcc": make_latent_scorer("mcc", mode="latent_y"),
+        },
         cv=3,
     )
     assert np.all(np.isfinite(results["test_disparity"]))
