@@ -115,12 +115,13 @@ for k, d, c, m in zip(
     print(f"{k:12d}  {d:10.4f}  {c:6.3f}  {m:6.3f}")
 
 # %%
-# The disparity reaches 0 (up to the noise) at the true number of sources,
-# 3, and the search picks it. The first canonical correlation is 1 for every
-# rank: a linear reconstruction is a linear function of ``X``, so some
-# combination of it always matches some combination of ``X`` perfectly.
-# ``make_latent_scorer("cca", n_components=None)`` averages all canonical
-# correlations instead.
+# The disparity drops to about 0 at the true number of sources, 3; a fourth
+# component only reproduces noise and gains almost nothing, though the
+# search, which takes the maximum, may still prefer it. The first canonical
+# correlation is 1 for every rank: a linear reconstruction is a linear
+# function of ``X``, so some combination of it always matches some
+# combination of ``X`` perfectly. ``make_latent_scorer("cca",
+# n_components=None)`` averages all canonical correlations instead.
 print(search.best_params_)
 
 # %%

@@ -180,14 +180,18 @@ class LatentVariableModel(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         self._fit(X)
         return self
 
-    def _fit(self, X, **extras):
-        """Train on validated ``X`` (numpy); ``extras`` are tensors for forward."""
+    def _fit(self, X, seed=None, **extras):
+        """Train on validated ``X`` (numpy); ``extras`` are tensors for forward.
+
+        ``seed`` (an int) replaces the one drawn from ``random_state``, for
+        subclasses that train several initialisations.
+        """
         self._hidden = self._check_hidden_layer_sizes()
         device = resolve_device(self.device)
         self._dtype = torch.float32 if X.dtype == np.float32 else torch.float64
         # A private copy: rules cache their nodes, the user's object stays as given.
         self._integrator = clone(get_integrator(self.integrator))
-        self._seed = _draw_seed(self.random_state)
+        self._seed = _draw_seed(self.random_state) if seed is None else int(seed)
         n_samples = X.shape[0]
         batch_size = min(200, n_samples) if self.batch_size == "auto" else min(
             self.batch_size, n_samples)
@@ -289,8 +293,12 @@ class LatentVariableModel(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
     def _n_features_out(self):
         return self.n_components
 
-    def _predict(self, X, fn, rule=None):
-        """Apply ``fn`` (tensor -> tensor) to ``X`` in chunks, in eval mode."""
+    def _predict(self, X, fn, rule=None, **extras):
+        """Apply ``fn`` (tensor -> tensor) to ``X`` in chunks, in eval mode.
+
+        ``extras`` (tensors with one row per row of ``X``, e.g. an auxiliary
+        variable) are chunked alongside and passed to ``fn`` by keyword.
+        """
         check_is_fitted(self)
         X = self._validate_X(X, reset=False)
         device = self.device_
@@ -301,7 +309,8 @@ class LatentVariableModel(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         with torch.no_grad():
             for start in range(0, X.shape[0], PREDICT_CHUNK):
                 x = self._as_tensor(X[start:start + PREDICT_CHUNK], device)
-                out.append(fn(x) if rule is None else fn(x, rule))
+                part = {k: v[start:start + PREDICT_CHUNK] for k, v in extras.items()}
+                out.append(fn(x, **part) if rule is None else fn(x, rule, **part))
         module.train(was_training)
         return torch.cat(out).cpu().numpy().astype(X.dtype, copy=False)
 
@@ -403,13 +412,17 @@ class LatentVariableModel(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         X : ndarray of shape (n_samples, n_features)
         Z : ndarray of shape (n_samples, n_components)
         """
+        return self._draw(n_samples, random_state)
+
+    def _draw(self, n_samples, random_state, **latent_kwargs):
+        """``sample``'s body; ``latent_kwargs`` go to ``_sample_latent``."""
         check_is_fitted(self)
         if not isinstance(n_samples, Integral) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
         seed = _draw_seed(self.random_state if random_state is None else random_state)
         device = self.device_
         with seeded(seed, torch.device("cpu")), torch.no_grad():
-            z = self._sample_latent(n_samples)
+            z = self._sample_latent(n_samples, **latent_kwargs)
             noise = torch.randn(n_samples, self.n_features_in_, dtype=self._dtype)
             mean, variance = self.module_.decoder(z.to(device))
             variance = variance.cpu()

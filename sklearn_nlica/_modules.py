@@ -271,7 +271,10 @@ class ConditionalPrior(nn.Module):
 
     def sample(self, u):
         """One draw of z ~ p(z | u) per row of u, from torch's global generator."""
-        loc, variance = self(u)
+        return self.draw(*self(u))
+
+    def draw(self, loc, variance):
+        """One draw from the prior with these parameters (on their device)."""
         if self.family == "laplace":
             scale = (0.5 * variance).sqrt()
             e = torch.rand_like(loc) - 0.5

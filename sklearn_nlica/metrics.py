@@ -64,7 +64,7 @@ def _check_matrix(M, name):
         # check_array names the input only in its NaN/inf messages; with two
         # matrices the user needs to know which one was rejected.
         message = str(exc)
-        if name in message.split(" ")[:3]:
+        if message.startswith(f"Input {name} "):
             raise
         raise ValueError(f"Invalid {name}: {message}") from exc
 

@@ -222,3 +222,28 @@ def test_grid_search_over_components_by_elbo():
                           {"n_components": [1, 2]}, cv=2).fit(X)
     assert np.isfinite(search.cv_results_["mean_test_score"]).all()
     assert search.best_estimator_.n_components in (1, 2)
+
+
+def test_model_saved_on_a_gpu_loads_on_the_cpu():
+    # Simulate a GPU-fitted model on this CPU-only machine: the net records
+    # "cuda" as its device; unpickling must map everything to the CPU.
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    X = ppca_data(200)
+    vae = VAEICA(max_iter=2, random_state=0).fit(X)
+    expected = vae.transform(X)
+    vae.net_.device = "cuda"
+    with pytest.warns(UserWarning, match="cpu"):
+        loaded = pickle.loads(pickle.dumps(vae))
+    assert loaded.device_ == torch.device("cpu")
+    np.testing.assert_array_equal(loaded.transform(X), expected)
+    assert np.isfinite(loaded.score(X))
+
+
+def test_feature_names_out_and_fit_transform():
+    X = ppca_data(100)
+    vae = VAEICA(3, max_iter=2, random_state=0)
+    Z = vae.fit_transform(X)
+    assert Z.shape == (100, 3)
+    assert list(vae.get_feature_names_out()) == ["vaeica0", "vaeica1", "vaeica2"]
+    np.testing.assert_array_equal(Z, vae.transform(X))
