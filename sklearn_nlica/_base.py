@@ -134,6 +134,13 @@ class LatentVariableModel(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         """Parameter-name prefixes to update in turn, or None for joint updates."""
         return None
 
+    # The skorch net class and extra keyword arguments for it (e.g. optimizer
+    # parameter groups); a subclass with its own update rule overrides these.
+    _net_class = ObjectiveNet
+
+    def _net_kwargs(self):
+        return {}
+
     def _score_samples_tensor(self, x, rule):
         """Per-sample score of ``x`` in eval mode with a fixed integration rule."""
         raise NotImplementedError
@@ -202,7 +209,7 @@ class LatentVariableModel(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
             x = self._as_tensor(X, device)
             data = TensorData(x, **extras)
             module = self._build_module(x).to(device=device, dtype=self._dtype)
-            net = ObjectiveNet(
+            net = self._net_class(
                 module,
                 optimizer=torch.optim.Adam,
                 lr=self.learning_rate_init,
@@ -218,6 +225,7 @@ class LatentVariableModel(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
                 verbose=int(self.verbose),
                 alternating=self._alternating_groups(),
                 **({} if self.verbose >= 2 else {"callbacks__print_log": None}),
+                **self._net_kwargs(),
             )
             with warnings.catch_warnings():
                 # skorch warns when handed an already initialised module.
@@ -314,13 +322,14 @@ class LatentVariableModel(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         module.train(was_training)
         return torch.cat(out).cpu().numpy().astype(X.dtype, copy=False)
 
-    def _evaluation_rule(self, n_dims, n_nodes=None):
+    def _evaluation_rule(self, n_dims, n_nodes=None, log_integrand=None):
         """A deterministic rule (fixed seed) so that scores are reproducible and
-        every row is scored with the same nodes."""
+        every row is scored with the same nodes (or, for adaptive rules, nodes
+        that depend on that row alone)."""
         generator = torch.Generator().manual_seed(self._seed)
         return self._integrator.rule(n_dims, n_nodes or self.n_nodes,
                                      dtype=self._dtype, device=self.device_,
-                                     generator=generator)
+                                     generator=generator, log_integrand=log_integrand)
 
     def transform(self, X):
         """Latent representation of ``X``: the posterior mean E[z | x].

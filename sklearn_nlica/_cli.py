@@ -21,6 +21,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 ESTIMATORS = {
+    "mle": "NonlinearICAMLE",
     "vae": "VAEICA",
 }
 

@@ -340,10 +340,13 @@ class IdentifiableVAE(LatentVariableModel):
         return extra + callbacks
 
     def _converged(self, history):
-        start = math.ceil(self.kl_warmup)
-        if len(history) <= start + self.n_iter_no_change:
+        # The warm-up epochs optimise another objective: judge the rest only.
+        monitor = "valid_loss" if self.early_stopping else "train_loss"
+        losses = np.asarray(history[:, monitor], dtype=float)[math.ceil(self.kl_warmup):]
+        if len(losses) <= self.n_iter_no_change:
             return False
-        return super()._converged(history[start:])
+        best_before = losses[: -self.n_iter_no_change].min()
+        return losses[-self.n_iter_no_change:].min() > best_before - self.tol
 
     # ---- fitted model --------------------------------------------------------
 

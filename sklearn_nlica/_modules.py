@@ -18,6 +18,7 @@ from ._densities import (
     log_normal_diag,
     log_normal_isotropic,
 )
+from ._marginal import em_surrogate, gaussian_log_integrand, log_marginal
 
 # The slope keeps leaky-ReLU networks well conditioned and invertible, the
 # property the nonlinear-ICA mixing functions rely on.
@@ -47,6 +48,29 @@ def inverse_positive(variance):
     v = max(float(variance) - MIN_VARIANCE, 1e-12)
     # softplus^{-1}(v) = log(expm1(v)), written to stay finite for large v.
     return v + math.log(-math.expm1(-v))
+
+
+def initial_noise_variance(x, n_components):
+    """A starting sigma^2 from the data: probabilistic PCA's residual variance.
+
+    The mean variance of ``x`` outside its top ``n_components`` principal
+    directions (a low-rank SVD), i.e. the noise level of the best linear
+    model with that latent dimension; floored at 1e-3 of the total variance
+    (when n_components >= n_features, say). Starting there rather than at the
+    total variance saves the optimiser most of the way down to a small sigma^2.
+    """
+    n_samples, n_features = x.shape
+    if n_samples < 2:
+        return 1.0
+    centred = x - x.mean(0)
+    total = float(centred.square().sum()) / (n_samples - 1)
+    floor = max(1e-3 * total / n_features, 1e-6)
+    if n_components >= min(n_samples - 1, n_features):
+        return floor
+    _, singular, _ = torch.svd_lowrank(centred, q=min(n_components + 10, min(x.shape)),
+                                       niter=4)
+    explained = float(singular[:n_components].square().sum()) / (n_samples - 1)
+    return max((total - explained) / (n_features - n_components), floor)
 
 
 def make_trunk(n_in, hidden_layer_sizes, activation):
@@ -335,3 +359,51 @@ class IdentifiableVAEModule(nn.Module):
         """Per-sample ELBO of ``x`` (B, n) given ``u`` (B,) or (B, k)."""
         reconstruction, kl = self.terms(x, u, rule)
         return reconstruction - kl
+
+
+class MarginalLikelihood(nn.Module):
+    """log p(x) = log E_{z ~ N(0, I)}[N(x; g(z), sigma^2 I)] by an integration rule.
+
+    ``forward`` returns the per-sample log-likelihood. With
+    ``gradient="analytic"`` its gradient is Fisher's identity (posterior
+    weights held fixed, the E-step of EM) instead of autograd through the
+    log-sum-exp; the two agree, the value is the same.
+    """
+
+    def __init__(self, decoder, n_components, integrator, n_nodes, gradient="autograd"):
+        super().__init__()
+        self.decoder = decoder
+        self.n_components = n_components
+        self.integrator = integrator
+        self.n_nodes = n_nodes
+        self.gradient = gradient
+
+    def mean(self, z):
+        """The decoder mean g(z), the callable the integration functions take."""
+        return self.decoder(z)[0]
+
+    def noise_variance(self):
+        return positive(self.decoder.raw_noise_variance)
+
+    def rule(self, x, generator=None, n_nodes=None):
+        """Nodes for the rows of ``x``: shared, or on each row's posterior."""
+        log_integrand = None
+        if self.integrator.is_adaptive:
+            log_integrand = gaussian_log_integrand(x, self.mean,
+                                                   self.noise_variance().detach())
+        return self.integrator.rule(self.n_components, n_nodes or self.n_nodes,
+                                    dtype=x.dtype, device=x.device, generator=generator,
+                                    log_integrand=log_integrand)
+
+    def log_likelihood(self, x, rule):
+        return log_marginal(x, self.mean, rule, self.noise_variance())
+
+    def forward(self, x):
+        rule = self.rule(x)
+        if self.gradient == "autograd":
+            return self.log_likelihood(x, rule)
+        surrogate = em_surrogate(x, self.mean, rule, self.noise_variance())
+        with torch.no_grad():
+            log_p = self.log_likelihood(x, rule)
+        # The value of log p(x), the gradient of the EM surrogate.
+        return log_p + (surrogate - surrogate.detach())

@@ -10,7 +10,7 @@ from sklearn.utils.validation import check_is_fitted
 from ._base import LatentVariableModel
 from ._densities import log_normal_diag, log_standard_normal
 from ._marginal import signed_logsumexp
-from ._modules import VAE, GaussianDecoder, GaussianEncoder
+from ._modules import VAE, GaussianDecoder, GaussianEncoder, initial_noise_variance
 
 # Upper bound on the elements of one (rows x nodes x features) tensor when
 # estimating the likelihood: chunks rows so memory stays near 128 MiB.
@@ -186,10 +186,8 @@ class VAEICA(LatentVariableModel):
 
     def _build_module(self, x):
         mode = self._decoder_variance_mode()
-        # Starting sigma^2 at the data's mean feature variance (and g at the
-        # data mean) makes the initial model a sensible density at any scale.
-        data_variance = float(x.var(0).mean()) if len(x) > 1 else 1.0
-        initial = self.noise_variance if mode == "fixed" else max(data_variance, 1e-3)
+        initial = (self.noise_variance if mode == "fixed"
+                   else initial_noise_variance(x, self.n_components))
         encoder = GaussianEncoder(x.shape[1], self.n_components, self._hidden,
                                   self.activation)
         decoder = GaussianDecoder(self.n_components, x.shape[1], self._hidden,

@@ -533,10 +533,11 @@ class SparseGrid(Integrator):
 # Adaptive rule
 # ---------------------------------------------------------------------------
 
-# Directions in which the negated Hessian of the log-posterior is below this
-# precision (non-concave, or wider than three prior standard deviations) take
-# the prior's unit precision instead: a safe, positive definite scale.
-_MIN_PRECISION = 0.1
+# The Laplace precision along each eigen-direction of the negated Hessian of the
+# log-posterior is |eigenvalue| (negative ones mean a saddle or a trough, where
+# |eigenvalue| still measures the scale and Newton steps then climb out of it),
+# floored so that no direction is wider than twice the prior.
+_MIN_PRECISION = 0.25
 # Newton steps longer than this (in prior standard deviations) are shortened.
 _MAX_STEP = 3.0
 # Step fractions tried by the line search, all in one batched evaluation.
@@ -598,12 +599,10 @@ class _LogPosterior:
 
 
 def _safe_precision(hess):
-    """Eigen-decomposition of the negated Hessian with a positive definite floor."""
+    """Eigen-decomposition of the negated Hessian, made positive definite."""
     precision = -0.5 * (hess + hess.transpose(-1, -2))
     eigenvalues, eigenvectors = torch.linalg.eigh(precision)
-    eigenvalues = torch.where(eigenvalues > _MIN_PRECISION, eigenvalues,
-                              torch.ones_like(eigenvalues))
-    return eigenvalues, eigenvectors
+    return eigenvalues.abs().clamp_min(_MIN_PRECISION), eigenvectors
 
 
 def _log_gaussian(z, mean, eigenvalues, eigenvectors):
@@ -792,10 +791,15 @@ class Adaptive(Integrator):
         z = z.reshape(batch, -1, n_dims)
         log_w = (base_log_w.to(work)[None, None] + log_mix[:, :, None]).reshape(batch, -1)
         if n_prior:
-            prior_nodes = _sobol_normal(n_dims, n_prior, generator).to(work)
+            if getattr(self, "_defensive_rule", "qmc") == "qmc":
+                prior_nodes = _sobol_normal(n_dims, n_prior, generator).to(work)
+                prior_lw = torch.full((n_prior,), -math.log(n_prior), dtype=torch.float64, device=work)
+            else:
+                pr = _TENSOR_GAUSS_HERMITE.rule(n_dims, n_prior)
+                prior_nodes, prior_lw = pr.nodes.to(work), pr.log_weights.to(work)
+                n_prior = len(prior_lw)
             z = torch.cat([z, prior_nodes.expand(batch, -1, -1)], dim=1)
-            prior_log_w = math.log(prior_share) - math.log(n_prior)
-            log_w = torch.cat([log_w, log_w.new_full((batch, n_prior), prior_log_w)], 1)
+            log_w = torch.cat([log_w, (prior_lw + math.log(prior_share)).expand(batch, -1)], 1)
         # Weight the nodes the integrand will actually see (after rounding).
         z = z.to(dtype).to(torch.float64)
 
