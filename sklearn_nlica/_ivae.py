@@ -25,6 +25,7 @@ from ._modules import (
     IdentifiableVAEModule,
 )
 from ._vae import _IW_CHUNK_ELEMENTS
+from .integrators import QMC, MonteCarlo
 
 # When u is not given to score_samples / log_likelihood / sample, it is drawn
 # from (or summed over) the training distribution of u: all classes of a
@@ -103,6 +104,8 @@ def _batches_per_epoch(net, dataset):
 
 
 class IdentifiableVAE(LatentVariableModel):
+    _optimal_noise = True
+
     """Identifiable VAE (iVAE): nonlinear ICA with an auxiliary variable.
 
     DRAFT docstring.
@@ -296,9 +299,10 @@ class IdentifiableVAE(LatentVariableModel):
         return tuple(int(h) for h in sizes)
 
     def _build_module(self, x):
-        mode = "shared" if self.noise_variance is None else "fixed"
+        optimal = self._optimal_noise and self.noise_variance is None
+        mode = "fixed" if optimal or self.noise_variance is not None else "shared"
         data_variance = float(x.var(0).mean()) if len(x) > 1 else 1.0
-        initial = self.noise_variance if mode == "fixed" else max(data_variance, 1e-3)
+        initial = max(data_variance, 1e-3) if self.noise_variance is None else self.noise_variance
         if self._aux_discrete:
             prior = ConditionalPrior(self.n_components, family=self.prior,
                                      n_classes=len(self.classes_))
@@ -314,9 +318,13 @@ class IdentifiableVAE(LatentVariableModel):
         decoder = GaussianDecoder(self.n_components, x.shape[1], self._hidden,
                                   self.activation, variance=mode,
                                   noise_variance=initial, mean_init=x.mean(0))
+        # Equal-weight random rules get independent nodes per row in training.
+        independent = isinstance(self._integrator, (MonteCarlo, QMC))
         return IdentifiableVAEModule(encoder, decoder, prior, self._integrator,
                                      self.n_mc_samples,
-                                     conditional_encoder=self.conditional_encoder)
+                                     conditional_encoder=self.conditional_encoder,
+                                     independent_rows=independent,
+                                     optimal_noise=optimal)
 
     def _callbacks(self):
         callbacks = super()._callbacks()

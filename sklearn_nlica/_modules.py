@@ -321,14 +321,16 @@ class IdentifiableVAEModule(nn.Module):
     """
 
     def __init__(self, encoder, decoder, prior, integrator, n_nodes,
-                 conditional_encoder=False):
+                 conditional_encoder=False, independent_rows=False, optimal_noise=False):
         super().__init__()
+        self.optimal_noise = optimal_noise
         self.encoder = encoder
         self.decoder = decoder
         self.prior = prior
         self.integrator = integrator
         self.n_nodes = n_nodes
         self.conditional_encoder = conditional_encoder
+        self.independent_rows = independent_rows
         self.kl_weight = 1.0
 
     def encode(self, x, u=None):
@@ -340,13 +342,30 @@ class IdentifiableVAEModule(nn.Module):
     def forward(self, x, u):
         rule = self.integrator.rule(self.prior.n_components, self.n_nodes,
                                     dtype=x.dtype, device=x.device)
+        if self.independent_rows:
+            rule = shift_rows(rule, len(x))
         reconstruction, kl = self.terms(x, u, rule)
         return reconstruction - self.kl_weight * kl
 
     def reconstruction(self, x, mean, variance, rule):
         """E_q[log p(x | z)] by the rule over z = mean + s * e."""
         z = mean.unsqueeze(1) + variance.sqrt().unsqueeze(1) * rule.nodes
-        return self.decoder.log_prob(x.unsqueeze(1), z) @ signed_weights(rule)
+        weights = signed_weights(rule)
+
+        def expect(values):  # (B, K) -> (B,)
+            return values @ weights if weights.dim() == 1 else (values * weights).sum(-1)
+
+        if not (self.optimal_noise and self.training):
+            return expect(self.decoder.log_prob(x.unsqueeze(1), z))
+        g, _ = self.decoder(z)
+        squared = expect((x.unsqueeze(1) - g).square().sum(-1))
+        # The batch's maximiser of the ELBO in sigma^2 (no gradient needed: the
+        # ELBO is stationary in sigma^2 there), kept in the decoder's buffer.
+        noise = (squared.detach().mean() / x.shape[-1]).clamp(min=MIN_VARIANCE)
+        with torch.no_grad():
+            self.decoder.raw_noise_variance.copy_(noise + torch.log(-torch.expm1(-noise)))
+        n = x.shape[-1]
+        return -0.5 * (n * (math.log(2 * math.pi) + torch.log(noise)) + squared / noise)
 
     def terms(self, x, u, rule):
         """The reconstruction term and KL(q || p(z | u)), per sample."""
@@ -407,3 +426,22 @@ class MarginalLikelihood(nn.Module):
             log_p = self.log_likelihood(x, rule)
         # The value of log p(x), the gradient of the EM surrogate.
         return log_p + (surrogate - surrogate.detach())
+
+
+def shift_rows(rule, n_rows):
+    """Give each of ``n_rows`` rows its own copy of an equal-weight random rule.
+
+    Each row's nodes are the shared ones moved by an independent uniform
+    shift modulo 1 in the uniform scale (a Cranley-Patterson rotation):
+    Monte Carlo nodes stay i.i.d. normal, QMC nodes stay a randomised
+    low-discrepancy set, and the rows' errors become independent, so that
+    the noise of a mini-batch's gradient averages out over its rows instead
+    of being one draw shared by all of them.
+    """
+    nodes = rule.nodes
+    eps = torch.finfo(nodes.dtype).eps
+    uniform = torch.special.ndtr(nodes)
+    shift = torch.rand(n_rows, 1, nodes.shape[-1], dtype=nodes.dtype, device=nodes.device)
+    uniform = torch.remainder(uniform + shift, 1.0).clamp(eps, 1.0 - eps)
+    return type(rule)(torch.special.ndtri(uniform),
+                      rule.log_weights.expand(n_rows, -1), None)
