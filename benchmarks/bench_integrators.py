@@ -61,20 +61,26 @@ def make_model(kind, n_dims, n_features, seed):
     if kind == "linear":
         weight = torch.randn(n_features, n_dims, generator=gen, dtype=DTYPE)
         bias = torch.randn(n_features, generator=gen, dtype=DTYPE)
-        decoder = lambda z: z @ weight.T + bias  # noqa: E731
+        decoder = lambda z: z @ weight.T + bias
         decoder.weight, decoder.bias = weight, bias
         return decoder
     if kind == "tanh":
         hidden = 16
         w1 = torch.randn(hidden, n_dims, generator=gen, dtype=DTYPE) / math.sqrt(n_dims)
         b1 = 2 * torch.rand(hidden, generator=gen, dtype=DTYPE) - 1
-        w2 = torch.randn(n_features, hidden, generator=gen, dtype=DTYPE) / math.sqrt(hidden)
+        w2 = torch.randn(n_features, hidden, generator=gen, dtype=DTYPE) / math.sqrt(
+            hidden
+        )
         return lambda z: torch.tanh(z @ w1.T + b1) @ w2.T
     if kind == "square":
-        mix = (torch.eye(2, dtype=DTYPE) if n_features == 2
-               else torch.randn(n_features, 2, generator=gen, dtype=DTYPE))
-        return lambda z: torch.stack([z[:, 0] ** 2 - z[:, 1] ** 2,
-                                      2 * z[:, 0] * z[:, 1]], 1) @ mix.T
+        mix = (
+            torch.eye(2, dtype=DTYPE)
+            if n_features == 2
+            else torch.randn(n_features, 2, generator=gen, dtype=DTYPE)
+        )
+        return lambda z: (
+            torch.stack([z[:, 0] ** 2 - z[:, 1] ** 2, 2 * z[:, 0] * z[:, 1]], 1) @ mix.T
+        )
     raise ValueError(kind)
 
 
@@ -87,7 +93,7 @@ def sample(decoder, n_dims, sigma, n_points, seed):
 
 def closed_form(decoder, x, sigma):
     weight, bias = decoder.weight, decoder.bias
-    cov = weight @ weight.T + sigma ** 2 * torch.eye(len(bias), dtype=DTYPE)
+    cov = weight @ weight.T + sigma**2 * torch.eye(len(bias), dtype=DTYPE)
     return torch.distributions.MultivariateNormal(bias, cov).log_prob(x)
 
 
@@ -95,23 +101,31 @@ def reference(kind, decoder, x, n_dims, sigma):
     """(reference log p, mean gap to a second estimate or nan, description)."""
     if kind == "linear":
         return closed_form(decoder, x, sigma), float("nan"), "exact"
-    variance = sigma ** 2
+    variance = sigma**2
     if n_dims <= 2 and x.shape[1] <= 20:
         # Midpoint grids converge geometrically once the spacing resolves the
         # posterior: the gap between two resolutions bounds the finer one's error.
-        sizes = {1: (200_000, 100_000), 2: (1500 ** 2, 1000 ** 2)}[n_dims]
-        fine, coarse = (_marginal.log_marginal(x, decoder, Grid(half_width=6.0).rule(
-            n_dims, size), variance) for size in sizes)
+        sizes = {1: (200_000, 100_000), 2: (1500**2, 1000**2)}[n_dims]
+        fine, coarse = (
+            _marginal.log_marginal(
+                x, decoder, Grid(half_width=6.0).rule(n_dims, size), variance
+            )
+            for size in sizes
+        )
         return fine, float((fine - coarse).abs().mean()), "grid"
     # Posteriors too narrow for a grid: a large adaptive rule, checked against
     # prior QMC with 2^20 nodes (itself inaccurate when the posteriors are very
     # narrow, so the gap is then an overestimate).
     adaptive = Adaptive(n_modes=4, n_search=4096, n_starts=16)
     size = {1: 800, 2: 4 * 961, 3: 4 * 1331, 5: 4 * 1024}.get(n_dims, 4096)
-    rule = adaptive.rule(n_dims, size, generator=torch.Generator().manual_seed(12345),
-                         log_integrand=_marginal.gaussian_log_integrand(x, decoder, variance))
+    rule = adaptive.rule(
+        n_dims,
+        size,
+        generator=torch.Generator().manual_seed(12345),
+        log_integrand=_marginal.gaussian_log_integrand(x, decoder, variance),
+    )
     by_adaptive = _marginal.log_marginal(x, decoder, rule, variance)
-    qmc = QMC().rule(n_dims, 2 ** 20, generator=torch.Generator().manual_seed(54321))
+    qmc = QMC().rule(n_dims, 2**20, generator=torch.Generator().manual_seed(54321))
     by_qmc = _marginal.log_marginal(x, decoder, qmc, variance)
     return by_adaptive, float((by_qmc - by_adaptive).abs().mean()), "adaptive"
 
@@ -125,10 +139,15 @@ def log_marginal_or_nan(x, decoder, rule, variance):
     """log p_hat(x) point by point, nan where a signed rule's sum is not positive."""
     out = torch.full((x.shape[0],), math.nan, dtype=x.dtype)
     for i in range(x.shape[0]):
-        point_rule = rule if rule.shared else type(rule)(*(
-            None if t is None else t[i:i + 1] for t in rule))
+        point_rule = (
+            rule
+            if rule.shared
+            else type(rule)(*(None if t is None else t[i : i + 1] for t in rule))
+        )
         try:
-            out[i] = _marginal.log_marginal(x[i:i + 1], decoder, point_rule, variance)[0]
+            out[i] = _marginal.log_marginal(
+                x[i : i + 1], decoder, point_rule, variance
+            )[0]
         except _marginal.NonPositiveIntegralError:
             pass
     return out
@@ -136,12 +155,16 @@ def log_marginal_or_nan(x, decoder, rule, variance):
 
 def measure(rule_name, n_nodes, decoder, x, n_dims, sigma, truth, seed):
     integrator = get_integrator(rule_name)
-    variance = sigma ** 2
+    variance = sigma**2
     log_integrand = _marginal.gaussian_log_integrand(x, decoder, variance)
 
     def rule():
-        return integrator.rule(n_dims, n_nodes, generator=torch.Generator().manual_seed(seed),
-                               log_integrand=log_integrand)
+        return integrator.rule(
+            n_dims,
+            n_nodes,
+            generator=torch.Generator().manual_seed(seed),
+            log_integrand=log_integrand,
+        )
 
     rule()  # warm the caches of deterministic rules (sparse grids take a while)
     start = time.perf_counter()
@@ -164,8 +187,9 @@ def measure(rule_name, n_nodes, decoder, x, n_dims, sigma, truth, seed):
 
 
 def cases(args):
-    for kind, m, n, sigma in itertools.product(args.decoders, args.dims, args.features,
-                                               args.sigmas):
+    for kind, m, n, sigma in itertools.product(
+        args.decoders, args.dims, args.features, args.sigmas
+    ):
         if kind == "square" and m != 2:
             continue
         yield kind, m, n, sigma
@@ -183,45 +207,63 @@ QUICK_CASES = [
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="a few headline cases at 64 and 1024 nodes")
+    parser.add_argument(
+        "--quick", action="store_true", help="a few headline cases at 64 and 1024 nodes"
+    )
     parser.add_argument("--rules", nargs="+", default=RULES, choices=RULES)
-    parser.add_argument("--nodes", nargs="+", type=int, default=[16, 64, 256, 1024, 4096])
+    parser.add_argument(
+        "--nodes", nargs="+", type=int, default=[16, 64, 256, 1024, 4096]
+    )
     parser.add_argument("--dims", nargs="+", type=int, default=[1, 2, 3, 5])
     parser.add_argument("--features", nargs="+", type=int, default=[2, 20, 1000])
     parser.add_argument("--sigmas", nargs="+", type=float, default=[1.0, 0.1])
-    parser.add_argument("--decoders", nargs="+", default=["linear", "tanh", "square"],
-                        choices=["linear", "tanh", "square"])
+    parser.add_argument(
+        "--decoders",
+        nargs="+",
+        default=["linear", "tanh", "square"],
+        choices=["linear", "tanh", "square"],
+    )
     parser.add_argument("--n-points", type=int, default=100, help="points per case")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     case_list = QUICK_CASES if args.quick else list(cases(args))
     nodes = [64, 1024] if args.quick else args.nodes
 
-    header = (f"{'decoder':<7} {'m':>2} {'n':>5} {'sigma':>5} {'rule':<14} {'nodes':>6} "
-              f"{'K':>6} {'mean':>9} {'max':>9} {'>0.01':>6} {'fail':>5} {'ms':>8}")
+    header = (
+        f"{'decoder':<7} {'m':>2} {'n':>5} {'sigma':>5} {'rule':<14} {'nodes':>6} "
+        f"{'K':>6} {'mean':>9} {'max':>9} {'>0.01':>6} {'fail':>5} {'ms':>8}"
+    )
     headline = []
     for kind, m, n, sigma in case_list:
         decoder = make_model(kind, m, n, args.seed)
         x = sample(decoder, m, sigma, args.n_points, args.seed)
         start = time.perf_counter()
         truth, check, ref_name = reference(kind, decoder, x, m, sigma)
-        print(f"\n{kind} decoder, m={m}, n={n}, sigma={sigma}: reference {ref_name}"
-              + ("" if math.isnan(check) else f", ref_check {check:.1e}")
-              + f" ({time.perf_counter() - start:.1f} s)")
+        print(
+            f"\n{kind} decoder, m={m}, n={n}, sigma={sigma}: reference {ref_name}"
+            + ("" if math.isnan(check) else f", ref_check {check:.1e}")
+            + f" ({time.perf_counter() - start:.1f} s)"
+        )
         print(header)
         for rule_name, n_nodes in itertools.product(args.rules, nodes):
             r = measure(rule_name, n_nodes, decoder, x, m, sigma, truth, args.seed)
-            print(f"{kind:<7} {m:>2} {n:>5} {sigma:>5g} {rule_name:<14} {n_nodes:>6} "
-                  f"{r['K']:>6} {r['mean']:>9.1e} {r['max']:>9.1e} {r['over']:>6.2f} "
-                  f"{r['fail']:>5.2f} {r['ms']:>8.1f}", flush=True)
+            print(
+                f"{kind:<7} {m:>2} {n:>5} {sigma:>5g} {rule_name:<14} {n_nodes:>6} "
+                f"{r['K']:>6} {r['mean']:>9.1e} {r['max']:>9.1e} {r['over']:>6.2f} "
+                f"{r['fail']:>5.2f} {r['ms']:>8.1f}",
+                flush=True,
+            )
             if rule_name == DEFAULT_INTEGRATOR and n_nodes == DEFAULT_N_NODES:
                 headline.append((kind, m, n, sigma, r))
     if headline:
-        print(f"\nDefault rule ({DEFAULT_INTEGRATOR!r}, {DEFAULT_N_NODES} nodes per point):")
+        default = f"{DEFAULT_INTEGRATOR!r}, {DEFAULT_N_NODES} nodes per point"
+        print(f"\nDefault rule ({default}):")
         for kind, m, n, sigma, r in headline:
-            print(f"  {kind:<7} m={m} n={n:<5} sigma={sigma:<4g} mean error {r['mean']:.1e} "
-                  f"nat, max {r['max']:.1e}, {r['ms']:.0f} ms per {args.n_points} points")
+            print(
+                f"  {kind:<7} m={m} n={n:<5} sigma={sigma:<4g} "
+                f"mean error {r['mean']:.1e} nat, max {r['max']:.1e}, "
+                f"{r['ms']:.0f} ms per {args.n_points} points"
+            )
 
 
 if __name__ == "__main__":

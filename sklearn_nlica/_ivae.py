@@ -20,9 +20,14 @@ from ._marginal import signed_logsumexp
 from ._modules import (
     PRIOR_FAMILIES,
     ConditionalPrior,
+    FullCovarianceGaussianEncoder,
     GaussianDecoder,
     GaussianEncoder,
     IdentifiableVAEModule,
+    posterior_log_prob,
+    posterior_marginal_variance,
+    posterior_points,
+    posterior_total_correlation,
 )
 from ._vae import _IW_CHUNK_ELEMENTS
 from .integrators import QMC, MonteCarlo
@@ -117,6 +122,7 @@ class IdentifiableVAE(LatentVariableModel):
         "aux_type": [StrOptions({"auto", "discrete", "continuous"})],
         "prior_hidden_layer_sizes": ["array-like"],
         "conditional_encoder": ["boolean"],
+        "posterior_covariance": [StrOptions({"full", "diagonal"})],
         "n_mc_samples": [Interval(Integral, 1, None, closed="left")],
         "kl_warmup": [Interval(Real, 0, None, closed="left")],
         "n_init": [Interval(Integral, 1, None, closed="left")],
@@ -127,7 +133,7 @@ class IdentifiableVAE(LatentVariableModel):
     def __init__(self, n_components=2, *, hidden_layer_sizes=(64, 64),
                  activation="leaky_relu", noise_variance=None, prior="gaussian",
                  aux_type="auto", prior_hidden_layer_sizes=(64,),
-                 conditional_encoder=False, integrator="qmc", n_mc_samples=1,
+                 conditional_encoder=False, posterior_covariance="full", integrator="qmc", n_mc_samples=1,
                  n_nodes=256, kl_warmup=0, n_init=1,
                  learning_rate_schedule="constant", max_grad_norm=100.0,
                  max_iter=30, tol=1e-4, n_iter_no_change=10, early_stopping=False,
@@ -141,6 +147,7 @@ class IdentifiableVAE(LatentVariableModel):
         self.aux_type = aux_type
         self.prior_hidden_layer_sizes = prior_hidden_layer_sizes
         self.conditional_encoder = conditional_encoder
+        self.posterior_covariance = posterior_covariance
         self.integrator = integrator
         self.n_mc_samples = n_mc_samples
         self.n_nodes = n_nodes
@@ -314,7 +321,9 @@ class IdentifiableVAE(LatentVariableModel):
                                      activation=self.activation)
             n_aux_in = self.n_aux_features_
         n_in = x.shape[1] + (n_aux_in if self.conditional_encoder else 0)
-        encoder = GaussianEncoder(n_in, self.n_components, self._hidden, self.activation)
+        encoder_class = (FullCovarianceGaussianEncoder
+                         if self.posterior_covariance == "full" else GaussianEncoder)
+        encoder = encoder_class(n_in, self.n_components, self._hidden, self.activation)
         decoder = GaussianDecoder(self.n_components, x.shape[1], self._hidden,
                                   self.activation, variance=mode,
                                   noise_variance=initial, mean_init=x.mean(0))
@@ -407,10 +416,11 @@ class IdentifiableVAE(LatentVariableModel):
         module = self.module_
         loc, var = module.prior(u)  # (K, m)
         if not module.conditional_encoder:
-            mean, variance = module.encode(x)
-            rec = module.reconstruction(x, mean, variance, rule)  # (B,)
-            kl = module.prior.kl(mean.unsqueeze(1), variance.unsqueeze(1), loc, var)
-            return rec.unsqueeze(1) - kl
+            mean, spread = module.encode(x)
+            rec = module.reconstruction(x, mean, spread, rule)  # (B,)
+            kl = module.prior.kl(mean.unsqueeze(1),
+                                 posterior_marginal_variance(spread).unsqueeze(1), loc, var)
+            return (rec - posterior_total_correlation(spread)).unsqueeze(1) - kl
         cols = [module.elbo(x, u[k].expand(len(x), *u.shape[1:]), rule)
                 for k in range(len(u))]
         return torch.stack(cols, dim=1)
@@ -457,12 +467,12 @@ class IdentifiableVAE(LatentVariableModel):
 
     def _iw_given_aux(self, x, u, rule):
         module = self.module_
-        mean, variance = module.encode(x, u)
-        z = mean.unsqueeze(1) + variance.sqrt().unsqueeze(1) * rule.nodes  # (B, K, m)
+        mean, spread = module.encode(x, u)
+        z = posterior_points(mean, spread, rule.nodes)  # (B, K, m)
         loc, var = module.prior(u)
         log_ratio = (module.decoder.log_prob(x.unsqueeze(1), z)
                      + module.prior.log_prob(z, loc.unsqueeze(1), var.unsqueeze(1))
-                     - _log_normal(z, mean.unsqueeze(1), variance.unsqueeze(1)))
+                     - posterior_log_prob(z, mean, spread))
         return signed_logsumexp(log_ratio + rule.log_weights, rule.signs, dim=1)
 
     def _iw_per_aux(self, x, u, rule):
@@ -503,7 +513,3 @@ def _num_rows(X):
     return X.shape[0] if hasattr(X, "shape") else len(X)
 
 
-def _log_normal(z, mean, variance):
-    from ._densities import log_normal_diag
-
-    return log_normal_diag(z, mean, variance)

@@ -12,7 +12,8 @@ log-likelihood is Fisher's identity: the gradient of the complete-data
 log-likelihood averaged with r_ij held fixed (the E-step of EM),
 
     d log p(x_i) / d theta   = sum_j r_ij (x_i - g(z_j))^T dg(z_j)/d theta / sigma^2,
-    d log p(x_i) / d sigma^2 = sum_j r_ij (||x_i - g(z_j)||^2 / sigma^2 - n) / (2 sigma^2).
+    d log p(x_i) / d sigma^2 = sum_j r_ij (||x_i - g(z_j)||^2 / sigma^2 - n)
+                               / (2 sigma^2).
 
 Everything stays in log space: p(x) underflows for a few dozen features. With
 nodes shared by a batch the squared distances are one matrix product
@@ -51,7 +52,7 @@ __all__ = [
 ]
 
 # Largest intermediate (elements) of one chunk: 128 MiB in float64.
-_CHUNK_ELEMENTS = 2 ** 24
+_CHUNK_ELEMENTS = 2**24
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -119,7 +120,8 @@ def _finish(peak, total):
             f"{int(bad.sum())} of {bad.numel()} points, so its logarithm does not "
             "exist. The rule has negative weights (a sparse grid) and the "
             "integrand is concentrated where they dominate; use more nodes or "
-            "another rule, e.g. integrator='adaptive'.")
+            "another rule, e.g. integrator='adaptive'."
+        )
     return peak + total.log()
 
 
@@ -138,8 +140,10 @@ def _exact_dtype(x):
 def _as_variance(noise_variance, dtype, device):
     if isinstance(noise_variance, torch.Tensor):
         if noise_variance.numel() != 1:
-            raise ValueError("noise_variance must be a scalar, got a tensor of shape "
-                             f"{tuple(noise_variance.shape)}.")
+            raise ValueError(
+                "noise_variance must be a scalar, got a tensor of shape "
+                f"{tuple(noise_variance.shape)}."
+            )
         return noise_variance.reshape(()).to(dtype=dtype, device=device)
     noise_variance = float(noise_variance)
     if not noise_variance > 0:
@@ -192,8 +196,9 @@ def _sq_dist_product(x, means, dtype):
     centre = x.detach().mean(0)
     x = x - centre
     means = means - centre
-    sq_dist = ((x * x).sum(1, keepdim=True) - 2.0 * (x @ means.T)
-               + (means * means).sum(1))
+    sq_dist = (
+        (x * x).sum(1, keepdim=True) - 2.0 * (x @ means.T) + (means * means).sum(1)
+    )
     return sq_dist.clamp_min(0.0)
 
 
@@ -202,8 +207,9 @@ def _sq_dist_direct(x, means, dtype, chunk_size):
     rows = chunk_size or max(1, _CHUNK_ELEMENTS // max(1, n_nodes * n_features))
     out = []
     for start in range(0, n_points, rows):
-        diff = (x[start:start + rows, None, :].to(dtype)
-                - means[start:start + rows].to(dtype))
+        diff = x[start : start + rows, None, :].to(dtype) - means[
+            start : start + rows
+        ].to(dtype)
         out.append((diff * diff).sum(-1))
     return torch.cat(out) if len(out) > 1 else out[0]
 
@@ -239,10 +245,14 @@ def gaussian_log_integrand(x, decoder, noise_variance, *, chunk_size=None):
         if z.shape[0] == 1 and x.shape[0] != 1:
             return gaussian_loglik_matrix(x, _decode(decoder, z[0]), noise_variance)
         rows = chunk_size or max(1, _CHUNK_ELEMENTS // max(1, z.shape[1] * x.shape[1]))
-        out = [gaussian_loglik_matrix(x[start:start + rows],
-                                      _decode(decoder, z[start:start + rows]),
-                                      noise_variance)
-               for start in range(0, x.shape[0], rows)]
+        out = [
+            gaussian_loglik_matrix(
+                x[start : start + rows],
+                _decode(decoder, z[start : start + rows]),
+                noise_variance,
+            )
+            for start in range(0, x.shape[0], rows)
+        ]
         return torch.cat(out) if len(out) > 1 else out[0]
 
     return log_integrand
@@ -257,8 +267,10 @@ def _check_rule(x, rule):
     if x.dim() != 2:
         raise ValueError(f"x must have shape (B, n), got {tuple(x.shape)}.")
     if not rule.shared and rule.nodes.shape[0] != x.shape[0]:
-        raise ValueError(f"The rule has per-point nodes for {rule.nodes.shape[0]} points "
-                         f"but x has {x.shape[0]}.")
+        raise ValueError(
+            f"The rule has per-point nodes for {rule.nodes.shape[0]} points "
+            f"but x has {x.shape[0]}."
+        )
 
 
 def _blocks(x, rule, chunk_size):
@@ -267,11 +279,14 @@ def _blocks(x, rule, chunk_size):
     n_nodes = rule.n_nodes
     if rule.shared:
         size = chunk_size or max(1, _CHUNK_ELEMENTS // (n_features + n_points))
-        return [(slice(None), slice(start, start + size))
-                for start in range(0, n_nodes, size)]
+        return [
+            (slice(None), slice(start, start + size))
+            for start in range(0, n_nodes, size)
+        ]
     size = chunk_size or max(1, _CHUNK_ELEMENTS // max(1, n_nodes * n_features))
-    return [(slice(start, start + size), slice(None))
-            for start in range(0, n_points, size)]
+    return [
+        (slice(start, start + size), slice(None)) for start in range(0, n_points, size)
+    ]
 
 
 def _block_rule(rule, rows, cols):
@@ -305,13 +320,17 @@ def _log_marginal(x, decoder, rule, noise_variance, chunk_size):
     _check_rule(x, rule)
     blocks = _blocks(x, rule, chunk_size)
     if rule.shared:
+
         def partial(x, nodes, log_weights, signs, noise_variance):
             terms = _log_terms(x, decoder, nodes, log_weights, noise_variance)
             return _partial_sums(terms, signs, 1)
 
-        parts = [_maybe_checkpoint(len(blocks), partial, x,
-                                   *_block_rule(rule, rows, cols), noise_variance)
-                 for rows, cols in blocks]
+        parts = [
+            _maybe_checkpoint(
+                len(blocks), partial, x, *_block_rule(rule, rows, cols), noise_variance
+            )
+            for rows, cols in blocks
+        ]
         if rule.signs is None and len(parts) == 1:
             peak, total = parts[0]
             return peak + total.log()
@@ -321,9 +340,16 @@ def _log_marginal(x, decoder, rule, noise_variance, chunk_size):
         terms = _log_terms(x, decoder, nodes, log_weights, noise_variance)
         return signed_logsumexp(terms, signs, dim=1)
 
-    out = [_maybe_checkpoint(len(blocks), block_log_marginal, x[rows],
-                             *_block_rule(rule, rows, cols), noise_variance)
-           for rows, cols in blocks]
+    out = [
+        _maybe_checkpoint(
+            len(blocks),
+            block_log_marginal,
+            x[rows],
+            *_block_rule(rule, rows, cols),
+            noise_variance,
+        )
+        for rows, cols in blocks
+    ]
     return torch.cat(out) if len(out) > 1 else out[0]
 
 
@@ -376,9 +402,13 @@ def _weight_blocks(x, decoder, rule, noise_variance, chunk_size, weights=None):
         else:
             with torch.no_grad():
                 terms = log_weights.to(_exact_dtype(x)) + gaussian_loglik_matrix(
-                    x[rows], means, noise_variance)
-                block_log_p = (signed_logsumexp(terms, signs, dim=1) if log_p is None
-                               else log_p[rows])
+                    x[rows], means, noise_variance
+                )
+                block_log_p = (
+                    signed_logsumexp(terms, signs, dim=1)
+                    if log_p is None
+                    else log_p[rows]
+                )
                 r = torch.exp(terms - block_log_p[:, None])
                 if signs is not None:
                     r = r * signs
@@ -421,8 +451,9 @@ def posterior_mean(x, decoder, rule, noise_variance, *, chunk_size=None):
     _check_rule(x, rule)
     parts = []
     with torch.no_grad():
-        for rows, cols, nodes, _, r in _weight_blocks(x, decoder, rule, noise_variance,
-                                                      chunk_size):
+        for rows, cols, nodes, _, r in _weight_blocks(
+            x, decoder, rule, noise_variance, chunk_size
+        ):
             nodes = nodes.to(r.dtype)
             if rule.shared:
                 parts.append(r @ nodes)
@@ -483,14 +514,23 @@ def em_surrogate(x, decoder, rule, noise_variance, *, weights=None, chunk_size=N
     parts = []
     for rows, cols in blocks:
         nodes = _block_rule(rule, rows, cols)[0]
-        parts.append(_maybe_checkpoint(len(blocks), block_q, x[rows], nodes,
-                                       weights[rows, cols].detach(), noise_variance))
+        parts.append(
+            _maybe_checkpoint(
+                len(blocks),
+                block_q,
+                x[rows],
+                nodes,
+                weights[rows, cols].detach(),
+                noise_variance,
+            )
+        )
     q = sum(parts) if rule.shared else torch.cat(parts)
     return q.to(x.dtype)
 
 
-def analytic_decoder_grad(x, decoder, rule, noise_variance, *, params=None,
-                          weights=None, chunk_size=None):
+def analytic_decoder_grad(
+    x, decoder, rule, noise_variance, *, params=None, weights=None, chunk_size=None
+):
     """Closed-form gradient of sum_i log p(x_i) with respect to decoder parameters.
 
     sum_ij r_ij (x_i - g(z_j))^T dg(z_j)/d theta / sigma^2, computed as one
@@ -521,23 +561,28 @@ def analytic_decoder_grad(x, decoder, rule, noise_variance, *, params=None,
     dtype = _exact_dtype(x)
     variance = _as_variance(noise_variance, dtype, x.device).detach()
     with torch.enable_grad():
-        for rows, _, _, means, r in _weight_blocks(x, decoder, rule, noise_variance,
-                                                   chunk_size, weights):
+        for rows, _, _, means, r in _weight_blocks(
+            x, decoder, rule, noise_variance, chunk_size, weights
+        ):
             with torch.no_grad():
                 r = r.to(dtype)
                 if rule.shared:
                     cotangent = r.T @ x.to(dtype) - r.sum(0)[:, None] * means.to(dtype)
                 else:
-                    cotangent = r[..., None] * (x[rows, None, :].to(dtype) - means.to(dtype))
+                    cotangent = r[..., None] * (
+                        x[rows, None, :].to(dtype) - means.to(dtype)
+                    )
                 cotangent = (cotangent / variance).to(means.dtype)
-            block = torch.autograd.grad(means, params, grad_outputs=cotangent,
-                                        allow_unused=True)
+            block = torch.autograd.grad(
+                means, params, grad_outputs=cotangent, allow_unused=True
+            )
             grads = [g if b is None else g + b for g, b in zip(grads, block)]
     return tuple(grads)
 
 
-def expected_squared_distance(x, decoder, rule, noise_variance, *, weights=None,
-                              chunk_size=None):
+def expected_squared_distance(
+    x, decoder, rule, noise_variance, *, weights=None, chunk_size=None
+):
     """Posterior expected squared residual sum_j r_ij ||x_i - g(z_j)||^2.
 
     Parameters
@@ -556,8 +601,9 @@ def expected_squared_distance(x, decoder, rule, noise_variance, *, weights=None,
     dtype = _exact_dtype(x)
     parts = []
     with torch.no_grad():
-        for rows, _, _, means, r in _weight_blocks(x, decoder, rule, noise_variance,
-                                                   chunk_size, weights):
+        for rows, _, _, means, r in _weight_blocks(
+            x, decoder, rule, noise_variance, chunk_size, weights
+        ):
             if means.dim() == 2 and dtype == torch.float64:
                 sq = _sq_dist_product(x, means, dtype)
             else:
@@ -568,8 +614,9 @@ def expected_squared_distance(x, decoder, rule, noise_variance, *, weights=None,
     return sum(parts) if rule.shared else torch.cat(parts)
 
 
-def analytic_noise_variance_grad(x, decoder, rule, noise_variance, *, weights=None,
-                                 chunk_size=None):
+def analytic_noise_variance_grad(
+    x, decoder, rule, noise_variance, *, weights=None, chunk_size=None
+):
     """Closed-form d/d sigma^2 of sum_i log p(x_i).
 
     sum_ij r_ij (||x_i - g(z_j)||^2 / sigma^2 - n) / (2 sigma^2).
@@ -584,15 +631,17 @@ def analytic_noise_variance_grad(x, decoder, rule, noise_variance, *, weights=No
     grad : Tensor of shape ()
         In the accumulation dtype.
     """
-    sq = expected_squared_distance(x, decoder, rule, noise_variance, weights=weights,
-                                   chunk_size=chunk_size)
+    sq = expected_squared_distance(
+        x, decoder, rule, noise_variance, weights=weights, chunk_size=chunk_size
+    )
     variance = _as_variance(noise_variance, sq.dtype, x.device).detach()
     total_weight = 1.0 if weights is None else weights.to(sq.dtype).sum(1)
     return ((sq / variance - x.shape[1] * total_weight) / (2.0 * variance)).sum()
 
 
-def optimal_noise_variance(x, decoder, rule, noise_variance, *, weights=None,
-                           chunk_size=None):
+def optimal_noise_variance(
+    x, decoder, rule, noise_variance, *, weights=None, chunk_size=None
+):
     """The EM M-step for sigma^2: sum_ij r_ij ||x_i - g(z_j)||^2 / (n B).
 
     The maximiser over sigma^2 of :func:`em_surrogate` summed over the batch, with
@@ -608,7 +657,8 @@ def optimal_noise_variance(x, decoder, rule, noise_variance, *, weights=None,
     noise_variance : Tensor of shape ()
         In the accumulation dtype.
     """
-    sq = expected_squared_distance(x, decoder, rule, noise_variance, weights=weights,
-                                   chunk_size=chunk_size)
+    sq = expected_squared_distance(
+        x, decoder, rule, noise_variance, weights=weights, chunk_size=chunk_size
+    )
     total_weight = x.shape[0] if weights is None else weights.to(sq.dtype).sum()
     return sq.sum() / (x.shape[1] * total_weight)

@@ -308,22 +308,104 @@ class ConditionalPrior(nn.Module):
         return loc + variance.sqrt() * torch.randn_like(loc)
 
 
+class FullCovarianceGaussianEncoder(nn.Module):
+    """q(z | x) = N(mu(x), L(x) L(x)^T) with L lower triangular.
+
+    One MLP trunk with three linear heads: the mean, the diagonal of L
+    (through ``positive`` on its square, as the diagonal encoder's
+    variance) and the entries below it. Those are relative to the column's
+    scale, ``L[i, j] = d_j * o_ij``, so that correlations do not depend on
+    the posterior's scale; they start at 0, a diagonal posterior of variance
+    1. ``forward`` returns the mean (B, m) and L (B, m, m).
+    """
+
+    def __init__(self, n_in, n_components, hidden_layer_sizes, activation):
+        super().__init__()
+        self.trunk, width = make_trunk(n_in, hidden_layer_sizes, activation)
+        self.mean = nn.Linear(width, n_components)
+        self.raw_variance = nn.Linear(width, n_components)
+        self.off_diagonal = nn.Linear(width, n_components * (n_components - 1) // 2)
+        nn.init.zeros_(self.raw_variance.weight)
+        nn.init.constant_(self.raw_variance.bias, inverse_positive(1.0))
+        nn.init.zeros_(self.off_diagonal.weight)
+        nn.init.zeros_(self.off_diagonal.bias)
+        rows, cols = torch.tril_indices(n_components, n_components, -1)
+        self.register_buffer("rows", rows, persistent=False)
+        self.register_buffer("cols", cols, persistent=False)
+
+    def forward(self, x):
+        h = self.trunk(x)
+        scale = positive(self.raw_variance(h)).sqrt()  # (B, m)
+        m = scale.shape[-1]
+        tril = torch.zeros(*scale.shape, m, dtype=scale.dtype, device=scale.device)
+        tril[..., self.rows, self.cols] = self.off_diagonal(h) * scale[..., self.cols]
+        return self.mean(h), tril + torch.diag_embed(scale)
+
+
+def _is_full(spread):
+    """Whether an encoder's second output is a Cholesky factor (vs variances)."""
+    return spread.dim() == 3
+
+
+def posterior_marginal_variance(spread):
+    """The variances of q's coordinates, from variances or a Cholesky factor."""
+    return spread.square().sum(-1) if _is_full(spread) else spread
+
+
+def posterior_points(mean, spread, nodes):
+    """z = mean + L e for rule nodes e of shape (K, m) or (B, K, m): (B, K, m)."""
+    if not _is_full(spread):
+        return mean.unsqueeze(1) + spread.sqrt().unsqueeze(1) * nodes
+    pattern = "bij,kj->bki" if nodes.dim() == 2 else "bij,bkj->bki"
+    return mean.unsqueeze(1) + torch.einsum(pattern, spread, nodes)
+
+
+def posterior_log_prob(z, mean, spread):
+    """log q(z) for points z (B, K, m) of a diagonal or full-covariance q."""
+    if not _is_full(spread):
+        return log_normal_diag(z, mean.unsqueeze(1), spread.unsqueeze(1))
+    diff = (z - mean.unsqueeze(1)).transpose(1, 2)  # (B, m, K)
+    white = torch.linalg.solve_triangular(spread, diff, upper=False)
+    log_det = torch.log(torch.diagonal(spread, dim1=-2, dim2=-1)).sum(-1, keepdim=True)
+    m = z.shape[-1]
+    return -0.5 * (m * math.log(2 * math.pi) + white.square().sum(1)) - log_det
+
+
+def posterior_total_correlation(spread):
+    """H(diagonal of q) - H(q) = 1/2 (sum log Sigma_ii - log det Sigma) >= 0.
+
+    The KL from a full-covariance q to a factorial prior is the KL from q's
+    marginals plus this term; it is 0 for a diagonal q.
+    """
+    if not _is_full(spread):
+        return torch.zeros(spread.shape[:-1], dtype=spread.dtype, device=spread.device)
+    log_diag = torch.log(torch.diagonal(spread, dim1=-2, dim2=-1))
+    return 0.5 * torch.log(spread.square().sum(-1)).sum(-1) - log_diag.sum(-1)
+
+
 class IdentifiableVAEModule(nn.Module):
     """The iVAE: p(x, z | u) = p(x | z) p(z | u), ``forward(x, u)`` returns the
     per-sample (weighted) ELBO.
 
     The encoder is q(z | x), or q(z | x, u) with ``conditional_encoder`` (its
-    input is then x concatenated with the prior's features of u). The
-    reconstruction term is an integration rule over the reparameterisation, as
-    in :class:`VAE`; the KL to p(z | u) is in closed form. During training,
-    ``kl_weight`` (set by a warm-up callback, 1 otherwise) multiplies the KL;
-    :meth:`elbo` is always the plain ELBO.
+    input is then x concatenated with the prior's features of u); it returns
+    a mean and either variances (a diagonal q) or a Cholesky factor (a
+    full-covariance q, :class:`FullCovarianceGaussianEncoder`). The
+    reconstruction term is an integration rule over the reparameterisation,
+    as in :class:`VAE`; the KL to p(z | u) is in closed form. During
+    training, ``kl_weight`` (1 unless a warm-up callback sets it) multiplies
+    the KL; :meth:`elbo` is always the plain ELBO.
+
+    ``independent_rows`` gives every row of a batch its own shifted copy of
+    an equal-weight random rule during training (see :func:`shift_rows`);
+    ``optimal_noise`` sets the decoder's noise variance to the batch's
+    maximiser of the ELBO at each training step instead of learning it by
+    gradient (the decoder must then have ``variance="fixed"``).
     """
 
     def __init__(self, encoder, decoder, prior, integrator, n_nodes,
                  conditional_encoder=False, independent_rows=False, optimal_noise=False):
         super().__init__()
-        self.optimal_noise = optimal_noise
         self.encoder = encoder
         self.decoder = decoder
         self.prior = prior
@@ -331,10 +413,11 @@ class IdentifiableVAEModule(nn.Module):
         self.n_nodes = n_nodes
         self.conditional_encoder = conditional_encoder
         self.independent_rows = independent_rows
+        self.optimal_noise = optimal_noise
         self.kl_weight = 1.0
 
     def encode(self, x, u=None):
-        """Mean and variance of q(z | x) or q(z | x, u)."""
+        """Mean and spread (variances or Cholesky factor) of q(z | x[, u])."""
         if self.conditional_encoder:
             x = torch.cat([x, self.prior.features(u, x.dtype)], dim=-1)
         return self.encoder(x)
@@ -347,9 +430,9 @@ class IdentifiableVAEModule(nn.Module):
         reconstruction, kl = self.terms(x, u, rule)
         return reconstruction - self.kl_weight * kl
 
-    def reconstruction(self, x, mean, variance, rule):
-        """E_q[log p(x | z)] by the rule over z = mean + s * e."""
-        z = mean.unsqueeze(1) + variance.sqrt().unsqueeze(1) * rule.nodes
+    def reconstruction(self, x, mean, spread, rule):
+        """E_q[log p(x | z)] by the rule over z = mean + L e."""
+        z = posterior_points(mean, spread, rule.nodes)
         weights = signed_weights(rule)
 
         def expect(values):  # (B, K) -> (B,)
@@ -367,12 +450,18 @@ class IdentifiableVAEModule(nn.Module):
         n = x.shape[-1]
         return -0.5 * (n * (math.log(2 * math.pi) + torch.log(noise)) + squared / noise)
 
+    def kl(self, mean, spread, loc, prior_variance):
+        """KL(q || p(z | u)) in closed form, for a diagonal or full q."""
+        return (self.prior.kl(mean, posterior_marginal_variance(spread), loc,
+                              prior_variance)
+                + posterior_total_correlation(spread))
+
     def terms(self, x, u, rule):
         """The reconstruction term and KL(q || p(z | u)), per sample."""
-        mean, variance = self.encode(x, u)
+        mean, spread = self.encode(x, u)
         loc, prior_variance = self.prior(u)
-        return (self.reconstruction(x, mean, variance, rule),
-                self.prior.kl(mean, variance, loc, prior_variance))
+        return (self.reconstruction(x, mean, spread, rule),
+                self.kl(mean, spread, loc, prior_variance))
 
     def elbo(self, x, u, rule):
         """Per-sample ELBO of ``x`` (B, n) given ``u`` (B,) or (B, k)."""

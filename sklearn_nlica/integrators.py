@@ -32,7 +32,7 @@ estimator, with 64 nodes per point: see ``DEFAULT_INTEGRATOR``.
 import functools
 import math
 from numbers import Integral, Real
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -44,12 +44,12 @@ __all__ = [
     "DEFAULT_INTEGRATOR",
     "DEFAULT_N_NODES",
     "INTEGRATORS",
+    "QMC",
     "Adaptive",
     "GaussHermite",
     "Grid",
     "Integrator",
     "MonteCarlo",
-    "QMC",
     "Rule",
     "SparseGrid",
     "get_integrator",
@@ -91,7 +91,7 @@ class Rule(NamedTuple):
 
     nodes: torch.Tensor
     log_weights: torch.Tensor
-    signs: Optional[torch.Tensor] = None
+    signs: torch.Tensor | None = None
 
     @property
     def shared(self):
@@ -105,9 +105,14 @@ class Rule(NamedTuple):
 
     def to(self, dtype=None, device=None):
         """The same rule with its tensors cast to ``dtype`` and moved to ``device``."""
-        signs = None if self.signs is None else self.signs.to(dtype=dtype, device=device)
-        return Rule(self.nodes.to(dtype=dtype, device=device),
-                    self.log_weights.to(dtype=dtype, device=device), signs)
+        signs = (
+            None if self.signs is None else self.signs.to(dtype=dtype, device=device)
+        )
+        return Rule(
+            self.nodes.to(dtype=dtype, device=device),
+            self.log_weights.to(dtype=dtype, device=device),
+            signs,
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -131,8 +136,16 @@ class Integrator(BaseEstimator):
         """Whether the rule depends on the integrand (per-point nodes)."""
         return False
 
-    def rule(self, n_dims, n_nodes, *, dtype=torch.float64, device="cpu",
-             generator=None, log_integrand=None):
+    def rule(
+        self,
+        n_dims,
+        n_nodes,
+        *,
+        dtype=torch.float64,
+        device="cpu",
+        generator=None,
+        log_integrand=None,
+    ):
         """Nodes and log-weights approximating an expectation over N(0, I_m).
 
         Parameters
@@ -161,8 +174,13 @@ class Integrator(BaseEstimator):
         n_dims, n_nodes = _check_sizes(n_dims, n_nodes)
         if not self._deterministic:
             return self._build(n_dims, n_nodes, generator).to(dtype, device)
-        key = (n_dims, n_nodes, dtype, str(torch.device(device)),
-               tuple(sorted(self.get_params(deep=False).items())))
+        key = (
+            n_dims,
+            n_nodes,
+            dtype,
+            str(torch.device(device)),
+            tuple(sorted(self.get_params(deep=False).items())),
+        )
         cache = self.__dict__.setdefault("_rule_cache", {})
         if key not in cache:
             cache[key] = self._build(n_dims, n_nodes, generator).to(dtype, device)
@@ -188,8 +206,8 @@ def _check_sizes(n_dims, n_nodes):
 
 def _integer_root(n, m):
     """Largest k with k ** m <= n (at least 1)."""
-    k = max(1, int(round(n ** (1.0 / m))))
-    while k > 1 and k ** m > n:
+    k = max(1, round(n ** (1.0 / m)))
+    while k > 1 and k**m > n:
         k -= 1
     while (k + 1) ** m <= n:
         k += 1
@@ -197,7 +215,7 @@ def _integer_root(n, m):
 
 
 def _draw_seed(generator):
-    return int(torch.randint(0, 2 ** 62, (), generator=generator))
+    return int(torch.randint(0, 2**62, (), generator=generator))
 
 
 def _sobol_normal(n_dims, n_points, generator):
@@ -262,8 +280,9 @@ class QMC(Integrator):
 
     def _build(self, n_dims, n_nodes, generator):
         n_points = 2 ** (n_nodes.bit_length() - 1)
-        return Rule(_sobol_normal(n_dims, n_points, generator),
-                    _uniform_log_weights(n_points))
+        return Rule(
+            _sobol_normal(n_dims, n_points, generator), _uniform_log_weights(n_points)
+        )
 
 
 class Grid(Integrator):
@@ -302,7 +321,9 @@ class Grid(Integrator):
 
     def _build(self, n_dims, n_nodes, generator):
         if not isinstance(self.half_width, Real) or not self.half_width > 0:
-            raise ValueError(f"half_width must be a positive number, got {self.half_width!r}.")
+            raise ValueError(
+                f"half_width must be a positive number, got {self.half_width!r}."
+            )
         k = _integer_root(n_nodes, n_dims)
         width = 2.0 * self.half_width / k
         axis = -self.half_width + width * (torch.arange(k, dtype=torch.float64) + 0.5)
@@ -363,6 +384,7 @@ class GaussHermite(Integrator):
 # Genz's published values (scaled from the weight exp(-x^2)), and list the
 # non-negative half of each symmetric rule. The 19-point rule has one negative
 # weight pair.
+# fmt: off
 _GENZ_KEISTER = {
     1: ((0.0,), (1.0,)),
     3: ((0.0, 1.7320508075688773),
@@ -391,17 +413,20 @@ _GENZ_KEISTER = {
           2.4676421345798079e-7, 2.1394194479561106e-8, 4.6011760348656187e-10,
           3.0972223576063162e-12, 5.4500412650636899e-15, 1.0541326582333341e-18)),
 }
+# fmt: on
 _GENZ_KEISTER_DEGREE = {1: 1, 3: 5, 9: 15, 19: 29, 35: 51}
 
 
 def _genz_keister_1d(n_points):
     """The full symmetric Genz-Keister rule with ``n_points`` nodes."""
     half_x, half_w = (np.array(v) for v in _GENZ_KEISTER[n_points])
-    return (np.concatenate([-half_x[:0:-1], half_x]),
-            np.concatenate([half_w[:0:-1], half_w]))
+    return (
+        np.concatenate([-half_x[:0:-1], half_x]),
+        np.concatenate([half_w[:0:-1], half_w]),
+    )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sparse_level_rule(family, level):
     """The 1-D rule used at Smolyak ``level`` (exact to degree 2 * level - 1)."""
     if family == "gauss_hermite":
@@ -440,6 +465,10 @@ def _smolyak(family, n_dims, level):
     key = (family, n_dims, level)
     if key in _SPARSE_CACHE:
         return _SPARSE_CACHE[key]
+    if n_dims == 1:  # the combination reduces to the level's own rule
+        x, w = _sparse_level_rule(family, level)
+        _SPARSE_CACHE[key] = (x[:, None], w)
+        return _SPARSE_CACHE[key]
     rules = [_sparse_level_rule(family, level_) for level_ in range(1, level + 1)]
     # Identify equal 1-D nodes across levels so that products of them merge.
     values = np.concatenate([x for x, _ in rules])
@@ -450,7 +479,7 @@ def _smolyak(family, n_dims, level):
     pool = np.zeros(group.max() + 1)
     pool[group] = values
     offsets = np.cumsum([0] + [len(x) for x, _ in rules])
-    ids = [group[offsets[i]:offsets[i + 1]] for i in range(level)]
+    ids = [group[offsets[i] : offsets[i + 1]] for i in range(level)]
 
     q = level + n_dims - 1
     keys, weights = [], []
@@ -460,14 +489,17 @@ def _smolyak(family, n_dims, level):
             continue
         coefficient = (-1) ** gap * comb(n_dims - 1, gap, exact=True)
         grids = np.meshgrid(*[ids[i - 1] for i in index], indexing="ij")
-        w = np.multiply.reduce(np.meshgrid(*[rules[i - 1][1] for i in index],
-                                           indexing="ij"))
+        w = np.multiply.reduce(
+            np.meshgrid(*[rules[i - 1][1] for i in index], indexing="ij")
+        )
         keys.append(np.stack([g.ravel() for g in grids], axis=1))
         weights.append(coefficient * w.ravel())
     keys, inverse = np.unique(np.concatenate(keys), axis=0, return_inverse=True)
-    merged = np.bincount(inverse.ravel(), weights=np.concatenate(weights))
-    # Coincident nodes of the difference rules cancel exactly; drop them.
-    keep = np.abs(merged) > 1e-14 * np.abs(merged).sum()
+    weights = np.concatenate(weights)
+    merged = np.bincount(inverse.ravel(), weights=weights)
+    # Some nodes' contributions cancel exactly (to rounding): drop them.
+    scale = np.bincount(inverse.ravel(), weights=np.abs(weights))
+    keep = np.abs(merged) > 1e-12 * scale
     result = (pool[keys[keep]], merged[keep])
     _SPARSE_CACHE[key] = result
     return result
@@ -475,13 +507,20 @@ def _smolyak(family, n_dims, level):
 
 def _largest_sparse_level(family, n_dims, n_nodes):
     """Largest Smolyak level whose grid has at most ``n_nodes`` nodes (>= 1)."""
-    max_level = 26 if family == "genz_keister" else None
-    level = 1
-    while max_level is None or level < max_level:
-        if len(_smolyak(family, n_dims, level + 1)[1]) > n_nodes:
-            break
-        level += 1
-    return level
+
+    def fits(level):
+        return len(_smolyak(family, n_dims, level)[1]) <= n_nodes
+
+    # Node counts never decrease with the level: double, then bisect.
+    max_level = 26 if family == "genz_keister" else n_nodes
+    low, high = 1, 2
+    while high <= max_level and fits(high):
+        low, high = high, 2 * high
+    high = min(high, max_level + 1)
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return low
 
 
 class SparseGrid(Integrator):
@@ -497,9 +536,10 @@ class SparseGrid(Integrator):
     Parameters
     ----------
     univariate : {"gauss_hermite", "genz_keister"}, default="gauss_hermite"
-        The one-dimensional rules combined: Gauss-Hermite with l points at level l, or the
-        nested Genz-Keister rules (1, 3, 9, 19, 35 points; levels up to 26),
-        which share their nodes between levels and so need fewer nodes.
+        The one-dimensional rules combined: Gauss-Hermite with l points at
+        level l, or the nested Genz-Keister rules (1, 3, 9, 19, 35 points;
+        levels up to 26), which share their nodes between levels and so need
+        fewer nodes.
 
     Examples
     --------
@@ -519,14 +559,18 @@ class SparseGrid(Integrator):
     def _build(self, n_dims, n_nodes, generator):
         family = self.univariate
         if family not in ("gauss_hermite", "genz_keister"):
-            raise ValueError("SparseGrid univariate must be 'gauss_hermite' or "
-                             f"'genz_keister', got {family!r}.")
+            raise ValueError(
+                "SparseGrid univariate must be 'gauss_hermite' or "
+                f"'genz_keister', got {family!r}."
+            )
         level = _largest_sparse_level(family, n_dims, n_nodes)
         nodes, weights = _smolyak(family, n_dims, level)
         signs = np.sign(weights)
-        return Rule(torch.from_numpy(nodes.copy()),
-                    torch.from_numpy(np.log(np.abs(weights))),
-                    None if (signs > 0).all() else torch.from_numpy(signs))
+        return Rule(
+            torch.from_numpy(nodes.copy()),
+            torch.from_numpy(np.log(np.abs(weights))),
+            None if (signs > 0).all() else torch.from_numpy(signs),
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -564,9 +608,11 @@ class _LogPosterior:
     def _call(self, z):
         value = self.log_integrand(z)
         if value.dim() != 2 or value.shape[1] != z.shape[1]:
-            raise ValueError("log_integrand must map z of shape (B, K, m) or (1, K, m) "
-                             f"to values of shape (B, K); got {tuple(value.shape)} for "
-                             f"z of shape {tuple(z.shape)}.")
+            raise ValueError(
+                "log_integrand must map z of shape (B, K, m) or (1, K, m) "
+                f"to values of shape (B, K); got {tuple(value.shape)} for "
+                f"z of shape {tuple(z.shape)}."
+            )
         return value
 
     def values(self, z):
@@ -578,24 +624,35 @@ class _LogPosterior:
         """Values (B, S), gradients (B, S, m) and Hessians (B, S, m, m) at z."""
         n_dims = z.shape[-1]
         with torch.enable_grad():
-            leaf = z.to(dtype=self.dtype, device=self.device).detach().requires_grad_(True)
+            leaf = (
+                z.to(dtype=self.dtype, device=self.device).detach().requires_grad_(True)
+            )
             value = self._call(leaf)
-            (grad,) = torch.autograd.grad(value.sum(), leaf, create_graph=True)
+            (grad,) = torch.autograd.grad(
+                value.sum(), leaf, create_graph=True, allow_unused=True
+            )
+            if grad is None:  # an integrand that does not depend on z
+                grad = torch.zeros_like(leaf)
             rows = []
             for i in range(n_dims):
                 row = None
                 if grad.requires_grad:
                     # Points are independent, so the gradient of the sum over
                     # points is each point's own Hessian row.
-                    (row,) = torch.autograd.grad(grad[..., i].sum(), leaf,
-                                                 retain_graph=True, allow_unused=True)
+                    (row,) = torch.autograd.grad(
+                        grad[..., i].sum(), leaf, retain_graph=True, allow_unused=True
+                    )
                 rows.append(torch.zeros_like(grad) if row is None else row)
             hess = torch.stack(rows, dim=-2)
-        as_work = dict(dtype=torch.float64, device=self.work)
+        as_work = {"dtype": torch.float64, "device": self.work}
         eye = torch.eye(n_dims, **as_work)
-        return (value.detach().to(**as_work) + _log_std_normal(z),
-                grad.detach().to(**as_work) - z,
-                hess.detach().to(**as_work) - eye)
+        # A non-finite derivative (an integrand that underflows far from the
+        # data) must not poison the eigen-decomposition: such points stay put.
+        return (
+            value.detach().to(**as_work) + _log_std_normal(z),
+            torch.nan_to_num(grad.detach().to(**as_work), 0.0, 0.0, 0.0) - z,
+            torch.nan_to_num(hess.detach().to(**as_work), 0.0, 0.0, 0.0) - eye,
+        )
 
 
 def _safe_precision(hess):
@@ -612,9 +669,11 @@ def _log_gaussian(z, mean, eigenvalues, eigenvectors):
     """
     diff = z[:, :, None, :] - mean[:, None, :, :]
     rotated = torch.einsum("bcji,bkcj->bkci", eigenvectors, diff)
-    return (-0.5 * (rotated ** 2 * eigenvalues[:, None]).sum(-1)
-            + 0.5 * eigenvalues.log().sum(-1)[:, None]
-            - 0.5 * z.shape[-1] * _LOG_2PI)
+    return (
+        -0.5 * (rotated**2 * eigenvalues[:, None]).sum(-1)
+        + 0.5 * eigenvalues.log().sum(-1)[:, None]
+        - 0.5 * z.shape[-1] * _LOG_2PI
+    )
 
 
 class Adaptive(Integrator):
@@ -708,7 +767,8 @@ class Adaptive(Integrator):
     --------
     >>> import torch
     >>> from sklearn_nlica.integrators import Adaptive
-    >>> x = torch.tensor([[3.0], [-1.0]], dtype=torch.float64)  # h_b(z) = N(x_b; z, 0.1^2)
+    >>> # h_b(z) = N(x_b; z, 0.1^2): the marginal is N(x_b; 0, 1.01)
+    >>> x = torch.tensor([[3.0], [-1.0]], dtype=torch.float64)
     >>> def log_integrand(z):
     ...     return torch.distributions.Normal(z[..., 0], 0.1).log_prob(x)
     >>> rule = Adaptive().rule(1, 16, log_integrand=log_integrand,
@@ -716,13 +776,21 @@ class Adaptive(Integrator):
     >>> rule.nodes.shape
     torch.Size([2, 16, 1])
     >>> log_p = torch.logsumexp(rule.log_weights + log_integrand(rule.nodes), 1)
-    >>> exact = torch.distributions.Normal(0.0, torch.tensor(1.01).double().sqrt()).log_prob(x[:, 0])
+    >>> scale = torch.tensor(1.01, dtype=torch.float64).sqrt()
+    >>> exact = torch.distributions.Normal(0.0, scale).log_prob(x[:, 0])
     >>> float((log_p - exact).abs().max()) < 1e-6
     True
     """
 
-    def __init__(self, n_modes=2, defensive=1e-6, n_search=256, n_starts=None,
-                 max_iter=20, base="auto"):
+    def __init__(
+        self,
+        n_modes=2,
+        defensive=1e-6,
+        n_search=256,
+        n_starts=None,
+        max_iter=20,
+        base="auto",
+    ):
         self.n_modes = n_modes
         self.defensive = defensive
         self.n_search = n_search
@@ -747,11 +815,21 @@ class Adaptive(Integrator):
         if not isinstance(self.defensive, Real) or not 0 <= self.defensive < 1:
             raise ValueError(f"defensive must be in [0, 1), got {self.defensive!r}.")
         if self.base not in ("auto", "gauss_hermite", "sparse_grid", "qmc"):
-            raise ValueError("base must be 'auto', 'gauss_hermite', 'sparse_grid' or "
-                             f"'qmc', got {self.base!r}.")
+            raise ValueError(
+                "base must be 'auto', 'gauss_hermite', 'sparse_grid' or "
+                f"'qmc', got {self.base!r}."
+            )
 
-    def rule(self, n_dims, n_nodes, *, dtype=torch.float64, device="cpu",
-             generator=None, log_integrand=None):
+    def rule(
+        self,
+        n_dims,
+        n_nodes,
+        *,
+        dtype=torch.float64,
+        device="cpu",
+        generator=None,
+        log_integrand=None,
+    ):
         """Per-point nodes and log-weights on the posteriors of ``log_integrand``.
 
         Parameters
@@ -777,21 +855,26 @@ class Adaptive(Integrator):
         n_dims, n_nodes = _check_sizes(n_dims, n_nodes)
         self._check_params()
         if log_integrand is None:
-            raise ValueError("The adaptive integrator places its nodes on each point's "
-                             "posterior and needs log_integrand; use a prior rule "
-                             "(e.g. 'qmc' or 'gauss_hermite') for integrands that are "
-                             "not given point by point.")
+            raise ValueError(
+                "The adaptive integrator places its nodes on each point's "
+                "posterior and needs log_integrand; use a prior rule "
+                "(e.g. 'qmc' or 'gauss_hermite') for integrands that are "
+                "not given point by point."
+            )
         device = torch.device(device)
         # Small dense linear algebra in float64, which MPS lacks.
         work = torch.device("cpu") if device.type == "mps" else device
         posterior = _LogPosterior(log_integrand, dtype, device, work)
 
         n_modes, per_mode, prior_share = self._split_budget(n_nodes)
-        base_nodes, base_log_w, base_signs = self._base_rule(n_dims, per_mode, generator)
+        base_nodes, base_log_w, base_signs = self._base_rule(
+            n_dims, per_mode, generator
+        )
         n_prior = n_nodes - n_modes * len(base_log_w) if prior_share > 0 else 0
 
         mode, eigenvalues, eigenvectors, log_mass = self._find_modes(
-            posterior, n_dims, n_modes, generator)
+            posterior, n_dims, n_modes, generator
+        )
         log_mix = torch.log_softmax(log_mass, dim=1)
         if n_prior:
             log_mix = log_mix + math.log1p(-prior_share)
@@ -802,7 +885,9 @@ class Adaptive(Integrator):
         z = mode[:, :, None, :] + torch.einsum("bcij,bckj->bcki", eigenvectors, scaled)
         batch = z.shape[0]
         z = z.reshape(batch, -1, n_dims)
-        log_w = (base_log_w.to(work)[None, None] + log_mix[:, :, None]).reshape(batch, -1)
+        log_w = (base_log_w.to(work)[None, None] + log_mix[:, :, None]).reshape(
+            batch, -1
+        )
         if n_prior:
             prior_nodes = _sobol_normal(n_dims, n_prior, generator).to(work)
             z = torch.cat([z, prior_nodes.expand(batch, -1, -1)], dim=1)
@@ -811,7 +896,9 @@ class Adaptive(Integrator):
         # Weight the nodes the integrand will actually see (after rounding).
         z = z.to(dtype).to(torch.float64)
 
-        components = [_log_gaussian(z, mode, eigenvalues, eigenvectors) + log_mix[:, None]]
+        components = [
+            _log_gaussian(z, mode, eigenvalues, eigenvectors) + log_mix[:, None]
+        ]
         if n_prior:
             components.append((_log_std_normal(z) + math.log(prior_share))[..., None])
         log_q = torch.logsumexp(torch.cat(components, dim=-1), dim=-1)
@@ -838,7 +925,11 @@ class Adaptive(Integrator):
         if base == "auto":
             base = "gauss_hermite" if n_dims <= 3 else "sparse_grid"
         if base == "qmc":
-            return _sobol_normal(n_dims, n_points, generator), _uniform_log_weights(n_points), None
+            return (
+                _sobol_normal(n_dims, n_points, generator),
+                _uniform_log_weights(n_points),
+                None,
+            )
         if base == "sparse_grid":
             return _SPARSE_GENZ_KEISTER.rule(n_dims, n_points)
         # An odd number of points per axis puts a node on the mode itself, which
@@ -846,7 +937,7 @@ class Adaptive(Integrator):
         # Laplace axes (where an even rule can miss it entirely).
         k = _integer_root(n_points, n_dims)
         k = max(1, k - 1 + k % 2)
-        return _TENSOR_GAUSS_HERMITE.rule(n_dims, k ** n_dims)
+        return _TENSOR_GAUSS_HERMITE.rule(n_dims, k**n_dims)
 
     def _find_modes(self, posterior, n_dims, n_modes, generator):
         """Modes, Laplace precisions (eigen-decomposed) and log-masses (B, C)."""
@@ -860,9 +951,11 @@ class Adaptive(Integrator):
             eigenvalues, eigenvectors = _safe_precision(hess)
             if iteration == self.max_iter:
                 break
-            step = torch.einsum("bsij,bsj->bsi", eigenvectors,
-                                torch.einsum("bsji,bsj->bsi", eigenvectors, grad)
-                                / eigenvalues)
+            step = torch.einsum(
+                "bsij,bsj->bsi",
+                eigenvectors,
+                torch.einsum("bsji,bsj->bsi", eigenvectors, grad) / eigenvalues,
+            )
             if not bool(((grad * step).sum(-1) > _NEWTON_TOL).any()):
                 break
             length = step.norm(dim=-1, keepdim=True)
@@ -875,7 +968,9 @@ class Adaptive(Integrator):
             best_value, best = trial_values.max(-1)
             # Keep the current point unless a trial improves on it (monotone ascent).
             improved = (best_value > value)[..., None]
-            chosen = trials.gather(2, best[..., None, None].expand(-1, -1, 1, n_dims))[:, :, 0]
+            chosen = trials.gather(2, best[..., None, None].expand(-1, -1, 1, n_dims))[
+                :, :, 0
+            ]
             z = torch.where(improved & torch.isfinite(best_value)[..., None], chosen, z)
 
         log_mass = value + 0.5 * n_dims * _LOG_2PI - 0.5 * eigenvalues.log().sum(-1)
@@ -904,6 +999,12 @@ def _local_maxima(search, values, n_starts):
     return (values + is_max * span).topk(n_starts, dim=1).indices
 
 
+def _gather_slots(tensor, index):
+    """tensor[b, index[b, c], ...] for a (B, S, ...) tensor and (B, C) indices."""
+    index = index.reshape(index.shape + (1,) * (tensor.dim() - 2))
+    return tensor.gather(1, index.expand(index.shape[:2] + tensor.shape[2:]))
+
+
 def _distinct_modes(mode, eigenvalues, eigenvectors, log_mass, n_modes):
     """The ``n_modes`` most massive distinct modes per point.
 
@@ -911,31 +1012,36 @@ def _distinct_modes(mode, eigenvalues, eigenvectors, log_mass, n_modes):
     remaining slots and the slots share its mass, which leaves the mixture
     unchanged.
     """
+    log_mass = torch.nan_to_num(log_mass, nan=-math.inf)
     order = log_mass.argsort(dim=1, descending=True)
-    take = lambda t: t.gather(1, order.reshape(order.shape + (1,) * (t.dim() - 2))
-                              .expand(order.shape + t.shape[2:]))
-    mode, eigenvalues, eigenvectors, log_mass = map(
-        take, (mode, eigenvalues, eigenvectors, log_mass))
+    mode, eigenvalues, eigenvectors, log_mass = (
+        _gather_slots(t, order) for t in (mode, eigenvalues, eigenvectors, log_mass)
+    )
 
     # Squared distance between end points s and t in the metric of t (the
     # more massive one when t < s).
     diff = mode[:, :, None, :] - mode[:, None, :, :]
     rotated = torch.einsum("btji,bstj->bsti", eigenvectors, diff)
-    close = (rotated ** 2 * eigenvalues[:, None]).sum(-1) < _SAME_MODE
+    close = (rotated**2 * eigenvalues[:, None]).sum(-1) < _SAME_MODE
     n_found = mode.shape[1]
     keep = torch.ones_like(log_mass, dtype=torch.bool)
     for s in range(1, n_found):
         keep[:, s] = ~(close[:, s, :s] & keep[:, :s]).any(-1)
 
-    n_modes = min(n_modes, n_found)
     key = torch.where(keep, log_mass, torch.full_like(log_mass, -math.inf))
+    if n_found < n_modes:
+        key = torch.cat(
+            [key, key.new_full((key.shape[0], n_modes - n_found), -math.inf)], 1
+        )
     top_value, slot = key.topk(n_modes, dim=1)
     slot = torch.where(torch.isfinite(top_value), slot, torch.zeros_like(slot))
     multiplicity = (slot[:, :, None] == slot[:, None, :]).sum(-1)
-    pick = lambda t: t.gather(1, slot.reshape(slot.shape + (1,) * (t.dim() - 2))
-                              .expand(slot.shape + t.shape[2:]))
-    return (pick(mode), pick(eigenvalues), pick(eigenvectors),
-            pick(log_mass) - multiplicity.log())
+    return (
+        _gather_slots(mode, slot),
+        _gather_slots(eigenvalues, slot),
+        _gather_slots(eigenvectors, slot),
+        _gather_slots(log_mass, slot) - multiplicity.log(),
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -977,7 +1083,11 @@ def get_integrator(integrator):
     names = ", ".join(repr(name) for name in INTEGRATORS)
     if isinstance(integrator, str):
         if integrator not in INTEGRATORS:
-            raise ValueError(f"Unknown integrator {integrator!r}; valid names are {names}.")
+            raise ValueError(
+                f"Unknown integrator {integrator!r}; valid names are {names}."
+            )
         return INTEGRATORS[integrator]()
-    raise TypeError(f"integrator must be one of {names} or an Integrator instance, "
-                    f"got {type(integrator).__name__}.")
+    raise TypeError(
+        f"integrator must be one of {names} or an Integrator instance, "
+        f"got {type(integrator).__name__}."
+    )
