@@ -5,9 +5,10 @@ z ~ N(0, I), x = g(z) + noise, with g a neural network. The estimators share
 one training core built on skorch and PyTorch.
 """
 
+from ._ivae import IdentifiableVAE
 from ._mle import NonlinearICAMLE
 from ._vae import VAEICA
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["NonlinearICAMLE", "VAEICA"]
+__all__ = ["IdentifiableVAE", "NonlinearICAMLE", "VAEICA"]

@@ -23,6 +23,7 @@ from sklearn.preprocessing import StandardScaler
 ESTIMATORS = {
     "mle": "NonlinearICAMLE",
     "vae": "VAEICA",
+    "ivae": "IdentifiableVAE",
 }
 
 
@@ -72,6 +73,14 @@ def build_parser():
     builtin.add_argument("--n-samples", type=int, default=2000)
     builtin.add_argument("--n-features", type=int, default=10)
     builtin.add_argument("--noise-std", type=float, default=0.1)
+    builtin.add_argument("--n-segments", type=int, default=20,
+                         help="ivae: segments of the built-in segmented data")
+    aux = parser.add_argument_group(
+        "auxiliary variable u (ivae; the segment labels of built-in data)")
+    aux.add_argument("--aux-column", type=int, default=None, metavar="J",
+                     help="column J of the data file holds u (it is removed from X)")
+    aux.add_argument("--aux", type=Path, default=None, metavar="FILE",
+                     help="u in its own CSV or .npy file, one row per sample")
     out = parser.add_argument_group("output")
     out.add_argument("-o", "--output", type=Path, default=Path("latents.csv"),
                      help="where to write the latent representation (.csv or .npy)")
@@ -100,12 +109,36 @@ def load_data(path):
 
 
 def builtin_data(args):
-    from sklearn_nlica.datasets import make_nonlinear_ica
+    from sklearn_nlica.datasets import make_nonlinear_ica, make_segmented_sources
 
+    if args.estimator == "ivae":
+        n_per_segment = max(1, args.n_samples // args.n_segments)
+        return make_segmented_sources(
+            args.n_segments, n_per_segment, args.n_components,
+            max(args.n_features, args.n_components), noise_std=args.noise_std,
+            random_state=args.random_state)
     X, S = make_nonlinear_ica(n_samples=args.n_samples, n_components=args.n_components,
                               n_features=args.n_features, noise_std=args.noise_std,
                               random_state=args.random_state)
-    return X, S
+    return X, S, None
+
+
+def file_data(args):
+    """X and, for the iVAE, u from ``--aux-column`` or ``--aux``."""
+    X, U = load_data(args.data), None
+    if args.aux_column is not None:
+        if not -X.shape[1] <= args.aux_column < X.shape[1]:
+            raise ValueError(f"--aux-column {args.aux_column} is out of range for "
+                             f"{X.shape[1]} columns.")
+        U = X[:, args.aux_column]
+        X = np.delete(X, args.aux_column, axis=1)
+    elif args.aux is not None:
+        U = load_data(args.aux)
+        U = U.ravel() if U.ndim == 2 and U.shape[1] == 1 else U
+    if args.estimator == "ivae" and U is None:
+        raise ValueError("ivae needs the auxiliary variable u: name its column "
+                         "(--aux-column J) or its file (--aux FILE).")
+    return X, U
 
 
 def estimator_params(cls, args):
@@ -149,12 +182,15 @@ def main(argv=None):
 
     try:
         if args.data is None:
-            X, S = builtin_data(args)
-            source = (f"built-in make_nonlinear_ica data ({X.shape[0]} x {X.shape[1]}, "
+            X, S, U = builtin_data(args)
+            generator = "make_segmented_sources" if U is not None else "make_nonlinear_ica"
+            source = (f"built-in {generator} data ({X.shape[0]} x {X.shape[1]}, "
                       f"{args.n_components} sources)")
         else:
-            X, S = load_data(args.data), None
+            (X, U), S = file_data(args), None
             source = f"{args.data} ({X.shape[0]} x {X.shape[1]})"
+        # Only the iVAE takes u (as y); the others ignore a given --aux.
+        aux = (U,) if args.estimator == "ivae" else ()
         cls = _estimator_class(args.estimator)
         estimator = cls(**estimator_params(cls, args))
         model = estimator if args.no_standardize else make_pipeline(StandardScaler(),
@@ -163,7 +199,7 @@ def main(argv=None):
         start = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
-            model.fit(X)
+            model.fit(X, *aux)
     except (ValueError, TypeError, FloatingPointError) as exc:
         raise SystemExit(f"nlica: {type(exc).__name__}: {exc}")
     if any(issubclass(w.category, ConvergenceWarning) for w in caught):
@@ -173,12 +209,12 @@ def main(argv=None):
     X_hat = model.inverse_transform(Z)
 
     print(f"  epochs               {estimator.n_iter_}  ({elapsed:.1f} s)")
-    print(f"  score                {model.score(X):.4f}  "
+    print(f"  score                {model.score(X, *aux):.4f}  "
           f"(mean {'ELBO' if hasattr(estimator, 'log_likelihood') else 'log-likelihood'}"
           " per sample)")
     if hasattr(estimator, "log_likelihood"):
         Xs = X if args.no_standardize else model[:-1].transform(X)
-        print(f"  log-likelihood       {estimator.log_likelihood(Xs).mean():.4f}  "
+        print(f"  log-likelihood       {estimator.log_likelihood(Xs, *aux).mean():.4f}  "
               "(importance-weighted)")
     noise = estimator.noise_variance_
     if noise is not None:

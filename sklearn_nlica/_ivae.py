@@ -42,18 +42,23 @@ class _KLWarmup(Callback):
     """Raise the KL weight of the module linearly from ~0 to 1 over the first
     ``n_epochs`` epochs, batch by batch (the warm-up of Sonderby et al., 2016)."""
 
-    def __init__(self, n_epochs):
+    def __init__(self, n_epochs, start=0.0):
         self.n_epochs = n_epochs
+        self.start = start
 
     def on_train_begin(self, net, X=None, **kwargs):
         self.step_ = 0
         self.n_steps_ = max(1, round(self.n_epochs * _batches_per_epoch(net, X)))
-        net.module_.kl_weight = 1.0 / self.n_steps_
+        net.module_.kl_weight = self._weight()
+
+    def _weight(self):
+        t = min(1.0, self.step_ / self.n_steps_)
+        return self.start + (1.0 - self.start) * t
 
     def on_batch_begin(self, net, batch=None, training=False, **kwargs):
         if training:
+            net.module_.kl_weight = self._weight()
             self.step_ += 1
-            net.module_.kl_weight = min(1.0, self.step_ / self.n_steps_)
 
     def on_epoch_begin(self, net, **kwargs):
         # Validation batches (early stopping) are scored with the current weight.
@@ -110,6 +115,7 @@ def _batches_per_epoch(net, dataset):
 
 class IdentifiableVAE(LatentVariableModel):
     _optimal_noise = True
+    _kl_start = 0.0
 
     """Identifiable VAE (iVAE): nonlinear ICA with an auxiliary variable.
 
@@ -348,7 +354,7 @@ class IdentifiableVAE(LatentVariableModel):
             for name, cb in callbacks]
         extra = []
         if self.kl_warmup > 0:
-            extra.append(("kl_warmup", _KLWarmup(self.kl_warmup)))
+            extra.append(("kl_warmup", _KLWarmup(self.kl_warmup, self._kl_start)))
         if self.learning_rate_schedule == "cosine":
             extra.append(("lr_schedule", _CosineLearningRate()))
         if self.max_grad_norm is not None:

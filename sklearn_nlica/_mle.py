@@ -352,7 +352,7 @@ class NonlinearICAMLE(LatentVariableModel):
     def __init__(self, n_components=2, *, hidden_layer_sizes=(64, 64),
                  activation="leaky_relu", noise_variance=None,
                  integrator=DEFAULT_INTEGRATOR, n_nodes=DEFAULT_N_NODES,
-                 gradient="autograd", solver="adam", noise_learning_rate=None,
+                 gradient="autograd", solver="em", noise_learning_rate=None,
                  n_m_steps=5, max_iter=200, tol=1e-4, n_iter_no_change=10,
                  early_stopping=False, validation_fraction=0.1, batch_size="auto",
                  learning_rate_init=1e-3, device="cpu", random_state=None, verbose=0,
