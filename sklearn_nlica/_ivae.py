@@ -23,7 +23,10 @@ from ._modules import (
     FullCovarianceGaussianEncoder,
     GaussianDecoder,
     GaussianEncoder,
+    NONLINEAR_BRANCHES,
     IdentifiableVAEModule,
+    ResidualGaussianDecoder,
+    ResidualGaussianEncoder,
     posterior_log_prob,
     posterior_marginal_variance,
     posterior_points,
@@ -92,6 +95,31 @@ class _CosineLearningRate(Callback):
         self.step_ += 1
 
 
+class _LinearWarmStart(Callback):
+    """Train with the nonlinear branches of the residual encoder and decoder
+    frozen for the first ``n_epochs`` epochs: a linear iVAE first."""
+
+    def __init__(self, n_epochs):
+        self.n_epochs = n_epochs
+
+    def _set(self, net, trainable):
+        for name, param in net.module_.named_parameters():
+            if name.startswith(NONLINEAR_BRANCHES):
+                param.requires_grad_(trainable)
+
+    def on_train_begin(self, net, **kwargs):
+        self.epoch_ = 0
+        self._set(net, self.n_epochs <= 0)
+
+    def on_epoch_end(self, net, **kwargs):
+        self.epoch_ += 1
+        if self.epoch_ == self.n_epochs:
+            self._set(net, True)
+
+    def on_train_end(self, net, **kwargs):
+        self._set(net, True)
+
+
 class _EarlyStoppingAfter(EarlyStopping):
     """Early stopping that only starts counting once the warm-up is over:
     before, the objective is not yet the ELBO and rises by design."""
@@ -115,7 +143,6 @@ def _batches_per_epoch(net, dataset):
 
 class IdentifiableVAE(LatentVariableModel):
     _optimal_noise = True
-    _kl_start = 0.0
 
     """Identifiable VAE (iVAE): nonlinear ICA with an auxiliary variable.
 
@@ -131,6 +158,7 @@ class IdentifiableVAE(LatentVariableModel):
         "posterior_covariance": [StrOptions({"full", "diagonal"})],
         "n_mc_samples": [Interval(Integral, 1, None, closed="left")],
         "kl_warmup": [Interval(Real, 0, None, closed="left")],
+        "linear_warm_start": [Interval(Integral, 0, None, closed="left")],
         "n_init": [Interval(Integral, 1, None, closed="left")],
         "learning_rate_schedule": [StrOptions({"constant", "cosine"})],
         "max_grad_norm": [None, Interval(Real, 0, None, closed="neither")],
@@ -140,10 +168,10 @@ class IdentifiableVAE(LatentVariableModel):
                  activation="leaky_relu", noise_variance=None, prior="gaussian",
                  aux_type="auto", prior_hidden_layer_sizes=(64,),
                  conditional_encoder=False, posterior_covariance="full", integrator="qmc", n_mc_samples=1,
-                 n_nodes=256, kl_warmup=0, n_init=1,
-                 learning_rate_schedule="constant", max_grad_norm=100.0,
+                 n_nodes=256, linear_warm_start=10, kl_warmup=0, n_init=1,
+                 learning_rate_schedule="cosine", max_grad_norm=100.0,
                  max_iter=30, tol=1e-4, n_iter_no_change=10, early_stopping=False,
-                 validation_fraction=0.1, batch_size="auto", learning_rate_init=1e-3,
+                 validation_fraction=0.1, batch_size=256, learning_rate_init=1e-2,
                  device="cpu", random_state=None, verbose=0, callbacks=None):
         self.n_components = n_components
         self.hidden_layer_sizes = hidden_layer_sizes
@@ -157,6 +185,7 @@ class IdentifiableVAE(LatentVariableModel):
         self.integrator = integrator
         self.n_mc_samples = n_mc_samples
         self.n_nodes = n_nodes
+        self.linear_warm_start = linear_warm_start
         self.kl_warmup = kl_warmup
         self.n_init = n_init
         self.learning_rate_schedule = learning_rate_schedule
@@ -327,12 +356,16 @@ class IdentifiableVAE(LatentVariableModel):
                                      activation=self.activation)
             n_aux_in = self.n_aux_features_
         n_in = x.shape[1] + (n_aux_in if self.conditional_encoder else 0)
-        encoder_class = (FullCovarianceGaussianEncoder
-                         if self.posterior_covariance == "full" else GaussianEncoder)
-        encoder = encoder_class(n_in, self.n_components, self._hidden, self.activation)
-        decoder = GaussianDecoder(self.n_components, x.shape[1], self._hidden,
-                                  self.activation, variance=mode,
-                                  noise_variance=initial, mean_init=x.mean(0))
+        residual = self._residual()
+        if self.posterior_covariance == "full":
+            encoder = FullCovarianceGaussianEncoder(n_in, self.n_components, self._hidden,
+                                                    self.activation, residual=residual)
+        else:
+            encoder = (ResidualGaussianEncoder if residual else GaussianEncoder)(
+                n_in, self.n_components, self._hidden, self.activation)
+        decoder = (ResidualGaussianDecoder if residual else GaussianDecoder)(
+            self.n_components, x.shape[1], self._hidden, self.activation, variance=mode,
+            noise_variance=initial, mean_init=x.mean(0))
         # Equal-weight random rules get independent nodes per row in training.
         independent = isinstance(self._integrator, (MonteCarlo, QMC))
         return IdentifiableVAEModule(encoder, decoder, prior, self._integrator,
@@ -341,10 +374,18 @@ class IdentifiableVAE(LatentVariableModel):
                                      independent_rows=independent,
                                      optimal_noise=optimal)
 
+    def _warm_epochs(self):
+        """Epochs that train something other than the final model's ELBO."""
+        return max(math.ceil(self.kl_warmup),
+                   self.linear_warm_start if self._residual() else 0)
+
+    def _residual(self):
+        return self.linear_warm_start > 0 and len(self._hidden) > 0
+
     def _callbacks(self):
         callbacks = super()._callbacks()
         monitor = "valid_loss" if self.early_stopping else "train_loss"
-        start = math.ceil(self.kl_warmup)
+        start = self._warm_epochs()
         callbacks = [
             (name, _EarlyStoppingAfter(
                 start, monitor=monitor, patience=self.n_iter_no_change,
@@ -353,8 +394,10 @@ class IdentifiableVAE(LatentVariableModel):
             if name == "early_stopping" else (name, cb)
             for name, cb in callbacks]
         extra = []
+        if self._residual():
+            extra.append(("linear_warm_start", _LinearWarmStart(self.linear_warm_start)))
         if self.kl_warmup > 0:
-            extra.append(("kl_warmup", _KLWarmup(self.kl_warmup, self._kl_start)))
+            extra.append(("kl_warmup", _KLWarmup(self.kl_warmup)))
         if self.learning_rate_schedule == "cosine":
             extra.append(("lr_schedule", _CosineLearningRate()))
         if self.max_grad_norm is not None:
@@ -365,7 +408,7 @@ class IdentifiableVAE(LatentVariableModel):
     def _converged(self, history):
         # The warm-up epochs optimise another objective: judge the rest only.
         monitor = "valid_loss" if self.early_stopping else "train_loss"
-        losses = np.asarray(history[:, monitor], dtype=float)[math.ceil(self.kl_warmup):]
+        losses = np.asarray(history[:, monitor], dtype=float)[self._warm_epochs():]
         if len(losses) <= self.n_iter_no_change:
             return False
         best_before = losses[: -self.n_iter_no_change].min()

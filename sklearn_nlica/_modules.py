@@ -319,10 +319,13 @@ class FullCovarianceGaussianEncoder(nn.Module):
     1. ``forward`` returns the mean (B, m) and L (B, m, m).
     """
 
-    def __init__(self, n_in, n_components, hidden_layer_sizes, activation):
+    def __init__(self, n_in, n_components, hidden_layer_sizes, activation,
+                 residual=False):
         super().__init__()
         self.trunk, width = make_trunk(n_in, hidden_layer_sizes, activation)
         self.mean = nn.Linear(width, n_components)
+        self.skip = _zero_nonlinear_branch(self.mean, n_in, n_components, residual,
+                                           bias=True)
         self.raw_variance = nn.Linear(width, n_components)
         self.off_diagonal = nn.Linear(width, n_components * (n_components - 1) // 2)
         nn.init.zeros_(self.raw_variance.weight)
@@ -339,7 +342,55 @@ class FullCovarianceGaussianEncoder(nn.Module):
         m = scale.shape[-1]
         tril = torch.zeros(*scale.shape, m, dtype=scale.dtype, device=scale.device)
         tril[..., self.rows, self.cols] = self.off_diagonal(h) * scale[..., self.cols]
-        return self.mean(h), tril + torch.diag_embed(scale)
+        mean = self.mean(h) if self.skip is None else self.mean(h) + self.skip(x)
+        return mean, tril + torch.diag_embed(scale)
+
+
+def _zero_nonlinear_branch(head, n_in, n_out, residual, bias):
+    """For a residual map ``skip(v) + head(MLP(v))``: zero the head (the map
+    starts linear) and return the linear skip (None when not residual)."""
+    if not residual:
+        return None
+    nn.init.zeros_(head.weight)
+    if bias:
+        nn.init.zeros_(head.bias)
+    return nn.Linear(n_in, n_out, bias=bias)
+
+
+class ResidualGaussianEncoder(GaussianEncoder):
+    """:class:`GaussianEncoder` whose mean is ``skip(x) + head(MLP(x))``, with
+    the head starting at zero: a linear encoder that can grow nonlinear."""
+
+    def __init__(self, n_in, n_components, hidden_layer_sizes, activation):
+        super().__init__(n_in, n_components, hidden_layer_sizes, activation)
+        self.skip = _zero_nonlinear_branch(self.mean, n_in, n_components, True, True)
+
+    def forward(self, x):
+        mean, variance = super().forward(x)
+        return mean + self.skip(x), variance
+
+
+class ResidualGaussianDecoder(GaussianDecoder):
+    """:class:`GaussianDecoder` whose mean is ``b + W z + out(MLP(z))``, with
+    ``out``'s weights starting at zero: a linear decoder that can grow
+    nonlinear."""
+
+    def __init__(self, n_components, n_features, hidden_layer_sizes, activation,
+                 **kwargs):
+        super().__init__(n_components, n_features, hidden_layer_sizes, activation,
+                         **kwargs)
+        self.skip = _zero_nonlinear_branch(self.out, n_components, n_features, True,
+                                           False)
+
+    def forward(self, z):
+        mean, variance = super().forward(z)
+        return mean + self.skip(z), variance
+
+
+# Parameters of the nonlinear branches of the residual encoders and decoders:
+# frozen, they leave a linear model (see IdentifiableVAE's linear warm start).
+NONLINEAR_BRANCHES = ("encoder.trunk.", "encoder.mean.", "decoder.hidden.",
+                      "decoder.out.weight")
 
 
 def _is_full(spread):
