@@ -49,12 +49,17 @@ vae = VAEICA(max_iter=150, learning_rate_init=3e-3, batch_size=100, **model).fit
 # log N(x; g(z_j), sigma^2 I)], the nodes z_j placed on each point's posterior.
 x_test = torch.as_tensor(X_test)
 n_features = X.shape[1]
+# The mixing network in torch (the rule's Newton steps differentiate it).
+activations = {"tanh": torch.tanh, "identity": lambda h: h}
+layers = [(torch.as_tensor(W), torch.as_tensor(b), activations[name]) for W, b, name
+          in zip(mixing.coefs_, mixing.intercepts_, mixing.activations_)]
 
 
 def true_log_integrand(z):
     """log N(x_i; g(z_ij), sigma^2 I) for nodes z of shape (B or 1, K, 2)."""
-    means = torch.as_tensor(mixing(z.reshape(-1, 2).numpy())).reshape(
-        z.shape[:-1] + (n_features,))
+    means = z
+    for W, b, activation in layers:
+        means = activation(means @ W + b)
     sq_dist = ((x_test[:, None] - means) ** 2).sum(-1)
     return -0.5 * (sq_dist / noise_std**2 + n_features * np.log(2 * np.pi * noise_std**2))
 

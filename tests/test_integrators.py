@@ -418,6 +418,33 @@ def test_adaptive_covers_separated_modes():
     np.testing.assert_allclose(log_p["double"], reference, atol=1e-4)
 
 
+def test_default_rule_on_bimodal_two_dimensional_posteriors():
+    # The multimodal case of the acceptance: m = n = 2, sigma = 0.1 and
+    # g(z) = (z1^2 - z2^2, 2 z1 z2), which maps z and -z to the same point, so
+    # every posterior has two separated modes. Reference: a fine midpoint grid.
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(40, 2, generator=gen, dtype=torch.float64)
+
+    def decoder(z):
+        return torch.stack([z[..., 0] ** 2 - z[..., 1] ** 2, 2 * z[..., 0] * z[..., 1]], -1)
+
+    x = decoder(z) + 0.1 * torch.randn(40, 2, generator=gen, dtype=torch.float64)
+    fine = Grid(half_width=6.0).rule(2, 1200**2)
+    reference = _marginal.log_marginal(x, decoder, fine, 0.01)
+    log_integrand = _marginal.gaussian_log_integrand(x, decoder, 0.01)
+    errors = {}
+    for n_modes in (1, 2):
+        rule = Adaptive(n_modes=n_modes).rule(
+            2, DEFAULT_N_NODES, log_integrand=log_integrand, generator=seeded()
+        )
+        estimate = _marginal.log_marginal(x, decoder, rule, 0.01)
+        errors[n_modes] = (estimate - reference).abs()
+    assert get_integrator(DEFAULT_INTEGRATOR).n_modes == 2
+    assert float(errors[2].mean()) < 0.01
+    # One Laplace component misses a mode: about log 2 on most points.
+    assert float(errors[1].median()) > 0.5
+
+
 def test_adaptive_defensive_nodes_bound_a_missed_mode():
     # A narrow second mode that the search cannot see with 4 nodes: the defensive
     # prior nodes keep the estimate finite and the weights bounded.
