@@ -19,6 +19,7 @@ from ._densities import (
     log_normal_isotropic,
 )
 from ._marginal import em_surrogate, gaussian_log_integrand, log_marginal
+from .integrators import Rule
 
 # The slope keeps leaky-ReLU networks well conditioned and invertible, the
 # property the nonlinear-ICA mixing functions rely on.
@@ -327,11 +328,14 @@ class FullCovarianceGaussianEncoder(nn.Module):
         self.skip = _zero_nonlinear_branch(self.mean, n_in, n_components, residual,
                                            bias=True)
         self.raw_variance = nn.Linear(width, n_components)
-        self.off_diagonal = nn.Linear(width, n_components * (n_components - 1) // 2)
         nn.init.zeros_(self.raw_variance.weight)
         nn.init.constant_(self.raw_variance.bias, inverse_positive(1.0))
-        nn.init.zeros_(self.off_diagonal.weight)
-        nn.init.zeros_(self.off_diagonal.bias)
+        # One latent dimension has no entries below the diagonal.
+        self.off_diagonal = None
+        if n_components > 1:
+            self.off_diagonal = nn.Linear(width, n_components * (n_components - 1) // 2)
+            nn.init.zeros_(self.off_diagonal.weight)
+            nn.init.zeros_(self.off_diagonal.bias)
         rows, cols = torch.tril_indices(n_components, n_components, -1)
         self.register_buffer("rows", rows, persistent=False)
         self.register_buffer("cols", cols, persistent=False)
@@ -341,7 +345,8 @@ class FullCovarianceGaussianEncoder(nn.Module):
         scale = positive(self.raw_variance(h)).sqrt()  # (B, m)
         m = scale.shape[-1]
         tril = torch.zeros(*scale.shape, m, dtype=scale.dtype, device=scale.device)
-        tril[..., self.rows, self.cols] = self.off_diagonal(h) * scale[..., self.cols]
+        if self.off_diagonal is not None:
+            tril[..., self.rows, self.cols] = self.off_diagonal(h) * scale[..., self.cols]
         mean = self.mean(h) if self.skip is None else self.mean(h) + self.skip(x)
         return mean, tril + torch.diag_embed(scale)
 
@@ -474,10 +479,15 @@ class IdentifiableVAEModule(nn.Module):
         return self.encoder(x)
 
     def forward(self, x, u):
-        rule = self.integrator.rule(self.prior.n_components, self.n_nodes,
-                                    dtype=x.dtype, device=x.device)
-        if self.independent_rows:
-            rule = shift_rows(rule, len(x))
+        m = self.prior.n_components
+        if self.independent_rows and self.n_nodes == 1:
+            # One node per row: a plain normal draw, whatever the random rule.
+            nodes = torch.randn(len(x), 1, m, dtype=x.dtype, device=x.device)
+            rule = Rule(nodes, torch.zeros(len(x), 1, dtype=x.dtype, device=x.device))
+        else:
+            rule = self.integrator.rule(m, self.n_nodes, dtype=x.dtype, device=x.device)
+            if self.independent_rows:
+                rule = shift_rows(rule, len(x))
         reconstruction, kl = self.terms(x, u, rule)
         return reconstruction - self.kl_weight * kl
 

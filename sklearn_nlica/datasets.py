@@ -42,6 +42,8 @@ def _activate(name, H, negative_slope):
     if name == "gelu":
         # The exact GELU (torch's default), not the tanh approximation.
         return H * ndtr(H)
+    if name == "xtanh":
+        return np.tanh(H) + negative_slope * H
     return H
 
 
@@ -54,7 +56,26 @@ def _deactivate(name, H, negative_slope):
         return np.arctanh(H)
     if name == "identity":
         return H
+    if name == "xtanh":
+        return _inverse_xtanh(H, negative_slope)
     raise ValueError(f"The activation {name!r} is not invertible.")
+
+
+def _inverse_xtanh(Y, slope):
+    """Solve tanh(h) + slope * h = y elementwise (strictly increasing in h).
+
+    Newton's method from sign(y) max((|y| - 1) / slope, 0), which lies
+    between 0 and the root: the function is concave for h > 0 (convex for
+    h < 0), so from there the iterates move monotonically to the root.
+    """
+    Y = np.asarray(Y, dtype=np.float64)
+    H = np.sign(Y) * np.maximum((np.abs(Y) - 1.0) / slope, 0.0)
+    for _ in range(100):
+        step = (np.tanh(H) + slope * H - Y) / (1.0 - np.tanh(H) ** 2 + slope)
+        H = H - step
+        if np.all(np.abs(step) <= 1e-13 * (1.0 + np.abs(H))):
+            break
+    return H
 
 
 class MixingMLP:
@@ -74,10 +95,11 @@ class MixingMLP:
 
     activations : list of str
         The activation after each layer, one of ``"relu"``, ``"leaky_relu"``,
-        ``"sigmoid"``, ``"tanh"``, ``"gelu"``, ``"identity"``.
+        ``"sigmoid"``, ``"tanh"``, ``"gelu"``, ``"xtanh"``, ``"identity"``.
 
     negative_slope : float
-        Slope of ``"leaky_relu"`` for negative inputs.
+        Slope of ``"leaky_relu"`` for negative inputs, and of the linear term
+        of ``"xtanh"`` (tanh(h) + negative_slope * h).
 
     Attributes
     ----------
@@ -148,7 +170,8 @@ class MixingMLP:
 
         Available when every layer is injective (no fewer outputs than
         inputs, full column rank) and every activation is invertible
-        (``"leaky_relu"``, ``"sigmoid"``, ``"tanh"``, ``"identity"``), as in
+        (``"leaky_relu"``, ``"sigmoid"``, ``"tanh"``, ``"xtanh"``,
+        ``"identity"``), as in
         :func:`make_segmented_sources`. Each layer is undone by least
         squares, which is exact on the image of the mixing.
 
@@ -380,6 +403,7 @@ def make_segmented_sources(
     std_range=(0.5, 3.0),
     mean_range=None,
     negative_slope=0.1,
+    activation="leaky_relu",
     shuffle=False,
     random_state=None,
     return_mixing=False,
@@ -400,7 +424,7 @@ def make_segmented_sources(
     marginally. They are mixed by an MLP of ``n_layers`` layers::
 
         H_0 = S
-        H_k = leaky_relu(H_{k-1} @ A_k)     for k < n_layers
+        H_k = act(H_{k-1} @ A_k)            for k < n_layers
         X   = H_{n_layers - 1} @ A_{n_layers} + noise_std * N(0, I)
 
     with ``A_1`` of shape (n_components, n_features) and the others square.
@@ -440,8 +464,17 @@ def make_segmented_sources(
         used (-5, 5) for their uncentred variant.
 
     negative_slope : float, default=0.1
-        Slope of the leaky ReLU for negative inputs, as in the original
-        simulations; must be positive for the mixing to be invertible.
+        Slope of the leaky ReLU for negative inputs, or of the linear term
+        of ``"xtanh"``, as in the original simulations; must be positive for
+        the mixing to be invertible.
+
+    activation : {"leaky_relu", "xtanh"}, default="leaky_relu"
+        Nonlinearity ``act`` of the mixing: the leaky ReLU of the paper's
+        text, or ``"xtanh"``, tanh(h) + negative_slope * h, which the
+        authors' released code uses in its default configuration (with no
+        sensor noise). Both are invertible; the leaky ReLU squeezes each
+        negative half-space by 1 / negative_slope per layer, the smooth
+        ``"xtanh"`` only its tails.
 
     shuffle : bool, default=False
         Whether to shuffle the rows. Unshuffled, the segments are
@@ -523,6 +556,10 @@ def make_segmented_sources(
         raise ValueError(
             f"negative_slope must be a positive float; got {negative_slope!r}."
         )
+    if activation not in ("leaky_relu", "xtanh"):
+        raise ValueError(
+            f"activation must be 'leaky_relu' or 'xtanh'; got {activation!r}."
+        )
     rng = check_random_state(random_state)
 
     coefs = [_well_conditioned_matrix(rng, n_components, n_features)]
@@ -533,7 +570,7 @@ def make_segmented_sources(
     mixing = MixingMLP(
         coefs,
         [np.zeros(n_features)] * n_layers,
-        ["leaky_relu"] * (n_layers - 1) + ["identity"],
+        [activation] * (n_layers - 1) + ["identity"],
         negative_slope,
     )
 

@@ -62,9 +62,10 @@ __all__ = [
 #   10^2 with 4096 nodes), and below 1e-6 nat in every case of m <= 5,
 #   n <= 1000, sigma in {1, 0.1};
 # - bimodal posteriors (g(z) = z^2 in complex form, m = n = 2, sigma = 0.1):
-#   7e-3 to 1.7e-2 nat over two draws of 400 points, all of it from the points
-#   near the fold, whose posteriors are rings; one Laplace component alone is
-#   off by log 2 on every point, prior rules by 40 nats;
+#   2.4e-3 to 4.4e-3 nat over two draws (1.7e-3 at n = 20), most of it from
+#   the points near the fold, whose posteriors are rings; one Laplace
+#   component alone is off by log 2 on every point, prior rules by 60 to
+#   100 nats with 64 nodes and still by 0.9 to 9 with 4096;
 # - random tanh decoders: 4e-8 to 5e-4 nat for m <= 2 once n / sigma^2 >=
 #   1000 (1e-4 and 1e-3 nat for m = 3 and 5 at n = 1000, sigma = 0.1), but
 #   1e-2 to 1e-1 nat when few features and small noise make the posteriors
@@ -602,6 +603,8 @@ _NEWTON_TOL = 1e-12
 # Two Newton end points closer than this squared Mahalanobis distance (one
 # posterior standard deviation) are the same mode.
 _SAME_MODE = 1.0
+# Log-mass handicap (nats) of a Newton start that did not converge.
+_STALLED_PENALTY = 1000.0
 
 _TENSOR_GAUSS_HERMITE = GaussHermite()
 _SPARSE_GENZ_KEISTER = SparseGrid(univariate="genz_keister")
@@ -746,12 +749,11 @@ class Adaptive(Integrator):
         nodes (at least one) go to it, plus what the base rules leave over;
         0 gives every node to the modes and removes the floor.
     n_search : int, default=1024
-        Size of the shared QMC search set. It must be dense enough to put a
-        local maximum near every mode: with 256 nodes the rule missed one of
-        the two modes of the bimodal benchmark (m = n = 2, sigma = 0.1) for
-        a few points (mean error 1.3e-2 nat); 1024 brings it to 2e-3 to 4e-3
-        nat at 64 nodes, for 0 to 50% more time per rule (the search is one
-        shared matrix product, the Newton steps cost the rest).
+        Size of the shared QMC search set, which must put a local maximum
+        near every mode. On the bimodal benchmark at n = 20, sigma = 0.1
+        (narrower modes), 1024 nodes gave a mean error of 1.7e-3 nat against
+        4.6e-3 with 256, for up to 50% more time per rule at small n (the
+        search is one shared matrix product; the Newton steps cost the rest).
     n_starts : int or None, default=None
         Newton starts per point; None means ``2 * n_modes``.
     max_iter : int, default=20
@@ -960,21 +962,38 @@ class Adaptive(Integrator):
         search = _sobol_normal(n_dims, self.n_search, generator).to(posterior.work)
         values = posterior.values(search[None])
         starts = search[_local_maxima(search, values, self.n_starts or 2 * n_modes)]
+        z, value, eigenvalues, eigenvectors, converged = self._newton(posterior, starts)
 
-        z = starts
+        log_mass = value + 0.5 * n_dims * _LOG_2PI - 0.5 * eigenvalues.log().sum(-1)
+        # A start where the line search stalled is no mode, and its Laplace
+        # "mass" can be far too large (a wide, wrong scale): it would take a
+        # slot and swallow a true mode that lies within its width. It only
+        # counts when none of the point's starts converged.
+        log_mass = torch.where(converged, log_mass, log_mass - _STALLED_PENALTY)
+        return _distinct_modes(z, eigenvalues, eigenvectors, log_mass, n_modes)
+
+    def _newton(self, posterior, z):
+        """Batched Newton ascent from starts z (B, S, m).
+
+        Returns the end points, their log-posterior values, the eigenvalues
+        (made positive) and eigenvectors of the negated Hessian there, and
+        whether each start converged (its Newton decrement is below the
+        tolerance) rather than stalling or running out of iterations.
+        """
+        n_dims = z.shape[-1]
         rounding = 8 * torch.finfo(posterior.dtype).eps
+        converged = torch.zeros(z.shape[:2], dtype=torch.bool, device=z.device)
         for iteration in range(self.max_iter + 1):
             value, grad, hess = posterior.derivatives(z)
             eigenvalues, eigenvectors = _safe_precision(hess)
-            if iteration == self.max_iter:
-                break
             step = torch.einsum(
                 "bsij,bsj->bsi",
                 eigenvectors,
                 torch.einsum("bsji,bsj->bsi", eigenvectors, grad) / eigenvalues,
             )
             tolerance = _NEWTON_TOL + rounding * (value.abs() + 1.0)
-            if not bool(((grad * step).sum(-1) > tolerance).any()):
+            converged = (grad * step).sum(-1) <= tolerance
+            if iteration == self.max_iter or bool(converged.all()):
                 break
             length = step.norm(dim=-1, keepdim=True)
             step = step * (_MAX_STEP / length).clamp(max=1.0)
@@ -990,9 +1009,7 @@ class Adaptive(Integrator):
                 break
             index = best[..., None, None].expand(-1, -1, 1, n_dims)
             z = torch.where(improved[..., None], trials.gather(2, index)[:, :, 0], z)
-
-        log_mass = value + 0.5 * n_dims * _LOG_2PI - 0.5 * eigenvalues.log().sum(-1)
-        return _distinct_modes(z, eigenvalues, eigenvectors, log_mass, n_modes)
+        return z, value, eigenvalues, eigenvectors, converged
 
 
 def _local_maxima(search, values, n_starts):

@@ -245,6 +245,31 @@ def test_segmented_leaky_relu_slope():
     np.testing.assert_allclose(X, np.where(H > 0, H, 0.3 * H) @ f.coefs_[1])
 
 
+def test_segmented_xtanh_mixing_and_its_inverse():
+    # The authors' code: act(h) = tanh(h) + slope * h, inverted by Newton.
+    X, S, _U, f = make_segmented_sources(
+        n_segments=4,
+        n_per_segment=250,
+        n_components=3,
+        n_layers=3,
+        noise_std=0.0,
+        activation="xtanh",
+        random_state=0,
+        return_mixing=True,
+    )
+    H = S @ f.coefs_[0]
+    H = np.tanh(H) + 0.1 * H
+    H = H @ f.coefs_[1]
+    H = np.tanh(H) + 0.1 * H
+    np.testing.assert_allclose(X, H @ f.coefs_[2])
+    assert f.activations_ == ["xtanh", "xtanh", "identity"]
+    np.testing.assert_allclose(f.inverse(X), S, atol=1e-9)
+    # Far out in the linear tails too.
+    big = MixingMLP([np.eye(1)], [np.zeros(1)], ["xtanh"], 0.01)
+    s = np.array([[-300.0], [-2.0], [0.0], [1e-9], [5.0], [300.0]])
+    np.testing.assert_allclose(big.inverse(big(s)), s, rtol=1e-12, atol=1e-12)
+
+
 def test_segmented_noise():
     X, S, _U, f = make_segmented_sources(
         n_segments=10,
@@ -312,6 +337,7 @@ def test_segmented_determinism_and_invertibility(seed, n_components, extra, n_la
         ({"std_range": 1.0}, "std_range"),
         ({"mean_range": (1.0, np.inf)}, "mean_range"),
         ({"negative_slope": 0.0}, "negative_slope"),
+        ({"activation": "tanh"}, "activation"),
     ],
 )
 def test_segmented_bad_parameters(kwargs, match):
