@@ -266,9 +266,14 @@ class LatentVariableModel(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
                 f"{type(self).__name__} reached max_iter={self.max_iter} epochs "
                 "without converging; increase max_iter.", ConvergenceWarning)
 
+    def _warm_epochs(self):
+        """Leading epochs that optimise another objective (a warm-up)."""
+        return 0
+
     def _converged(self, history):
+        # Warm-up epochs optimise another objective: judge the rest only.
         monitor = "valid_loss" if self.early_stopping else "train_loss"
-        losses = np.asarray(history[:, monitor], dtype=float)
+        losses = np.asarray(history[:, monitor], dtype=float)[self._warm_epochs():]
         if len(losses) <= self.n_iter_no_change:
             return False
         best_before = losses[: -self.n_iter_no_change].min()

@@ -644,15 +644,6 @@ class IdentifiableVAE(LatentVariableModel):
                           GradientNormClipping(gradient_clip_value=self.max_grad_norm)))
         return extra + callbacks
 
-    def _converged(self, history):
-        # The warm-up epochs optimise another objective: judge the rest only.
-        monitor = "valid_loss" if self.early_stopping else "train_loss"
-        losses = np.asarray(history[:, monitor], dtype=float)[self._warm_epochs():]
-        if len(losses) <= self.n_iter_no_change:
-            return False
-        best_before = losses[: -self.n_iter_no_change].min()
-        return losses[-self.n_iter_no_change:].min() > best_before - self.tol
-
     # ---- fitted model --------------------------------------------------------
 
     def _transform_tensor(self, x, u=None):
