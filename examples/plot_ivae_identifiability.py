@@ -46,7 +46,8 @@ X.shape, np.unique(U).size
 # ----------------
 # The iVAE receives the segment labels as ``y``; its default training recipe
 # (full-covariance posterior, a linear warm start, a cosine learning-rate
-# schedule) is documented in its docstring. With only 4,000 rows, batches of
+# schedule, and its prior also used as a classifier of u) is documented in
+# its docstring. With only 4,000 rows, batches of
 # 64 give it enough steps in 30 epochs; the VAE gets the same budget.
 ivae = IdentifiableVAE(n_components=3, max_iter=30, batch_size=64,
                        random_state=0).fit(X, U)

@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ._densities import (
+    LOG_2PI,
     kl_diag_diag,
     kl_diag_laplace,
     kl_diag_standard,
@@ -236,7 +237,8 @@ class ConditionalPrior(nn.Module):
     - ``"laplace"``: Laplace(mu_i(u), b_i(u)) with variance 2 b^2.
 
     The parameters are a table indexed by the class code of a discrete u
-    (``n_classes`` rows, initialised to the standard normal) or an MLP of a
+    (``n_classes`` rows, initialised to the standard normal, with the classes'
+    frequencies ``class_weights``, uniform by default) or an MLP of a
     continuous u of width ``n_aux``. Either way they are stored as
     (location, log-variance), a smooth one-to-one reparameterisation of the
     natural parameters whose log-variance is bounded (see
@@ -244,7 +246,7 @@ class ConditionalPrior(nn.Module):
     """
 
     def __init__(self, n_components, *, family="gaussian", n_classes=None, n_aux=None,
-                 hidden_layer_sizes=(), activation="leaky_relu"):
+                 hidden_layer_sizes=(), activation="leaky_relu", class_weights=None):
         super().__init__()
         if family not in PRIOR_FAMILIES:
             raise ValueError(f"family must be one of {PRIOR_FAMILIES}, got {family!r}.")
@@ -260,6 +262,9 @@ class ConditionalPrior(nn.Module):
         if self.discrete:
             self.table = nn.Embedding(n_classes, n_params)
             nn.init.zeros_(self.table.weight)
+            weights = (torch.full((n_classes,), 1.0 / n_classes) if class_weights is None
+                       else torch.as_tensor(class_weights, dtype=torch.get_default_dtype()))
+            self.register_buffer("log_class_weights", torch.log(weights))
         else:
             self.net = make_mlp(n_aux, hidden_layer_sizes, n_params, activation)
             # Start from the standard normal for every u, like the table.
@@ -293,6 +298,37 @@ class ConditionalPrior(nn.Module):
         if self.family == "laplace":
             return log_laplace_diag(z, loc, (0.5 * variance).sqrt())
         return log_normal_diag(z, loc, variance)
+
+    def log_prob_table(self, z, loc, variance):
+        """log p(z_i | u_j) for every row i of ``z`` (B, m) and every row j of
+        the parameters (C, m), shape (B, C)."""
+        if self.family == "laplace":
+            return self.log_prob(z.unsqueeze(1), loc, variance)
+        # The Gaussian is linear in its sufficient statistics (z, z^2): two
+        # matrix products instead of a (B, C, m) broadcast.
+        precision = 1.0 / variance
+        constant = -0.5 * (LOG_2PI + torch.log(variance) + loc.square() * precision).sum(-1)
+        return z @ (loc * precision).T - 0.5 * z.square() @ precision.T + constant
+
+    def log_posterior(self, z, u, loc, variance):
+        """log p(u_i | z_i): the prior as a classifier of u, by Bayes' rule.
+
+        ``loc`` and ``variance`` are p(z | u)'s parameters at the rows' u. A
+        discrete u is scored against every class, weighted by its frequency.
+        A continuous u has no such sum: the rows' own u stand in for p(u),
+        log p(z_i | u_i) - log mean_j p(z_i | u_j), the contrastive (InfoNCE)
+        estimate, which needs batches of more than one row.
+        """
+        own = self.log_prob(z, loc, variance)
+        if self.discrete:
+            table = self.log_prob_table(z, *self.table_parameters()) + self.log_class_weights
+            return own + self.log_class_weights[u] - torch.logsumexp(table, dim=1)
+        table = self.log_prob_table(z, loc, variance)
+        return own - torch.logsumexp(table, dim=1) + math.log(len(z))
+
+    def table_parameters(self):
+        """Location and variance of p(z | u) for every class of a discrete u."""
+        return self(torch.arange(self.n_classes, device=self.table.weight.device))
 
     def sample(self, u):
         """One draw of z ~ p(z | u) per row of u, from torch's global generator."""
@@ -457,10 +493,14 @@ class IdentifiableVAEModule(nn.Module):
     ``optimal_noise`` sets the decoder's noise variance to the batch's
     maximiser of the ELBO at each training step instead of learning it by
     gradient (the decoder must then have ``variance="fixed"``).
+    ``contrastive_weight`` adds that multiple of log p(u | E_q[z]) (the
+    prior as a classifier, :meth:`ConditionalPrior.log_posterior`) to the
+    training objective.
     """
 
     def __init__(self, encoder, decoder, prior, integrator, n_nodes,
-                 conditional_encoder=False, independent_rows=False, optimal_noise=False):
+                 conditional_encoder=False, independent_rows=False, optimal_noise=False,
+                 contrastive_weight=0.0):
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
@@ -470,6 +510,7 @@ class IdentifiableVAEModule(nn.Module):
         self.conditional_encoder = conditional_encoder
         self.independent_rows = independent_rows
         self.optimal_noise = optimal_noise
+        self.contrastive_weight = contrastive_weight
         self.kl_weight = 1.0
 
     def encode(self, x, u=None):
@@ -488,8 +529,14 @@ class IdentifiableVAEModule(nn.Module):
             rule = self.integrator.rule(m, self.n_nodes, dtype=x.dtype, device=x.device)
             if self.independent_rows:
                 rule = shift_rows(rule, len(x))
-        reconstruction, kl = self.terms(x, u, rule)
-        return reconstruction - self.kl_weight * kl
+        mean, spread = self.encode(x, u)
+        loc, prior_variance = self.prior(u)
+        objective = (self.reconstruction(x, mean, spread, rule)
+                     - self.kl_weight * self.kl(mean, spread, loc, prior_variance))
+        if self.contrastive_weight:
+            objective = objective + self.contrastive_weight * self.prior.log_posterior(
+                mean, u, loc, prior_variance)
+        return objective
 
     def reconstruction(self, x, mean, spread, rule):
         """E_q[log p(x | z)] by the rule over z = mean + L e."""

@@ -136,6 +136,48 @@ def test_conditional_prior_log_density_matches_torch(family, discrete):
     torch.testing.assert_close(draws.var(0), variance[0], rtol=0.03, atol=0)
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(["gaussian", "variance", "laplace"]), st.integers(1, 4),
+       st.integers(2, 6), st.integers(0, 10_000))
+def test_prior_classifier_is_bayes_rule(family, m, n_classes, seed):
+    # log p(u | z) of the contrastive term against Bayes' rule written with
+    # torch.distributions: log p(z | u) + log p(u) - log sum_c p(z | c) p(c).
+    torch.manual_seed(seed)
+    weights = torch.rand(n_classes, dtype=torch.float64) + 0.1
+    weights /= weights.sum()
+    prior = ConditionalPrior(m, family=family, n_classes=n_classes,
+                             class_weights=weights.numpy()).double()
+    with torch.no_grad():
+        prior.table.weight.normal_()
+    z = 2 * torch.randn(7, m, dtype=torch.float64)
+    u = torch.randint(n_classes, (7,))
+    loc, variance = prior(torch.arange(n_classes))
+    if family == "laplace":
+        dist = Laplace(loc, (variance / 2).sqrt())
+    else:
+        dist = Normal(loc, variance.sqrt())
+    joint = dist.log_prob(z.unsqueeze(1)).sum(-1) + weights.log()  # (7, C)
+    expected = joint.log_softmax(dim=1).gather(1, u[:, None]).squeeze(1)
+    got = prior.log_posterior(z, u, *prior(u))
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(prior.log_prob_table(z, loc, variance),
+                               dist.log_prob(z.unsqueeze(1)).sum(-1))
+
+
+def test_prior_classifier_continuous_u_is_the_contrastive_estimate():
+    # Without classes to sum over, the rows' own u stand in for p(u).
+    torch.manual_seed(0)
+    prior = ConditionalPrior(3, n_aux=2, hidden_layer_sizes=(8,)).double()
+    with torch.no_grad():
+        prior.net[-1].weight.normal_()
+    z, u = torch.randn(6, 3, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64)
+    loc, variance = prior(u)
+    table = torch.stack([Normal(loc[j], variance[j].sqrt()).log_prob(z).sum(-1)
+                         for j in range(6)], dim=1)
+    expected = table.diagonal() - torch.logsumexp(table, 1) + np.log(6)
+    torch.testing.assert_close(prior.log_posterior(z, u, loc, variance), expected)
+
+
 def test_prior_log_variance_is_bounded():
     prior = ConditionalPrior(2, n_classes=2).double()
     with torch.no_grad():
@@ -318,6 +360,27 @@ def test_options_train(params):
     assert all(p.requires_grad for p in model.module_.parameters())
     if "noise_variance" in params:
         assert model.noise_variance_ == pytest.approx(params["noise_variance"])
+
+
+def test_training_objective_adds_the_classifier_to_the_elbo(small):
+    model, X, _, U = small
+    module = model.module_
+    x, u = torch.as_tensor(X[:50]), torch.as_tensor(model._encode_labels(U[:50], False))
+    assert module.contrastive_weight == model.contrastive_weight == 30.0
+    with torch.no_grad():
+        torch.manual_seed(0)
+        objective = module(x, u)
+        module.contrastive_weight = 0.0
+        torch.manual_seed(0)
+        elbo = module(x, u)
+        module.contrastive_weight = 30.0
+        classifier = module.prior.log_posterior(module.encode(x)[0], u, *module.prior(u))
+    torch.testing.assert_close(objective, elbo + 30.0 * classifier)
+    assert torch.all(classifier <= 0)
+    # The score is the plain ELBO, whatever the training objective.
+    plain = IdentifiableVAE(2, random_state=0, contrastive_weight=0, **FAST).fit(X, U)
+    plain.module_.load_state_dict(module.state_dict())
+    np.testing.assert_allclose(plain.score_samples(X, U), model.score_samples(X, U))
 
 
 def test_reproducible_pickle_and_float32(small):
