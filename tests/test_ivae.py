@@ -202,7 +202,8 @@ def test_sources_recovered_better_than_by_a_vae():
     # Three sources, one leaky-ReLU layer, 20 segments, no noise: small enough
     # for CI (a few seconds). The VAE recovers a rotation of the sources at
     # best (MCC 0.65-0.77 over seeds here); the iVAE, given the segments,
-    # 0.92-0.96 on this data draw for every model seed tried.
+    # 0.986-0.991 on this data draw over six model seeds (0.92-0.96 on the
+    # plain ELBO, contrastive_weight=0).
     X, S, U = segmented(n_segments=20, n_per_segment=200, n_components=3, seed=1,
                         n_layers=2, noise_std=0.0)
     ivae = IdentifiableVAE(3, max_iter=30, batch_size=64, random_state=0).fit(X, U)
@@ -366,16 +367,16 @@ def test_training_objective_adds_the_classifier_to_the_elbo(small):
     model, X, _, U = small
     module = model.module_
     x, u = torch.as_tensor(X[:50]), torch.as_tensor(model._encode_labels(U[:50], False))
-    assert module.contrastive_weight == model.contrastive_weight == 30.0
+    assert module.contrastive_weight == model.contrastive_weight == 20.0
     with torch.no_grad():
         torch.manual_seed(0)
         objective = module(x, u)
         module.contrastive_weight = 0.0
         torch.manual_seed(0)
         elbo = module(x, u)
-        module.contrastive_weight = 30.0
+        module.contrastive_weight = 20.0
         classifier = module.prior.log_posterior(module.encode(x)[0], u, *module.prior(u))
-    torch.testing.assert_close(objective, elbo + 30.0 * classifier)
+    torch.testing.assert_close(objective, elbo + 20.0 * classifier)
     assert torch.all(classifier <= 0)
     # The score is the plain ELBO, whatever the training objective.
     plain = IdentifiableVAE(2, random_state=0, contrastive_weight=0, **FAST).fit(X, U)
