@@ -361,7 +361,7 @@ class IdentifiableVAE(LatentVariableModel):
 
     The contrastive weight trades two failure modes. Too weak (10 or 15),
     some fits still stall at a mixed solution (MCC 0.73 to 0.78 on one data
-    draw). Too strong (30), a source can fold: the latent follows |s|
+    draw). Too strong (30), a source can fold: the latent follows ``|s|``
     instead of s (for centred sources whose variance moves with u the two
     classify u equally well; only the reconstruction tells them apart),
     MCC 0.76 in half the fits on one data draw and in one of six on a small
