@@ -324,8 +324,9 @@ class IdentifiableVAE(LatentVariableModel):
     n_iter_ : int
         Number of epochs run.
     loss_curve_ : list of float
-        Training loss of each epoch: minus the mean ELBO, nats per sample
-        (minus the KL-weighted objective during a KL warm-up).
+        Training loss of each epoch: minus the mean training objective,
+        nats per sample (the ELBO plus the contrastive term, with the KL
+        weighted during a KL warm-up).
     best_loss_ : float or None
         Smallest training loss (None with ``early_stopping``).
     validation_scores_ : list of float or None

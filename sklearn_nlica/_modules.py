@@ -279,7 +279,13 @@ class ConditionalPrior(nn.Module):
 
     def forward(self, u):
         """Location and variance of p(z | u), each of shape (len(u), m)."""
-        params = self.table(u) if self.discrete else self.net(u)
+        return self._split(self.table(u) if self.discrete else self.net(u))
+
+    def table_parameters(self):
+        """Location and variance of p(z | u) for every class of a discrete u."""
+        return self._split(self.table.weight)
+
+    def _split(self, params):
         m = self.n_components
         if self.family == "variance":
             loc, raw = torch.zeros_like(params), params
@@ -313,22 +319,17 @@ class ConditionalPrior(nn.Module):
     def log_posterior(self, z, u, loc, variance):
         """log p(u_i | z_i): the prior as a classifier of u, by Bayes' rule.
 
-        ``loc`` and ``variance`` are p(z | u)'s parameters at the rows' u. A
-        discrete u is scored against every class, weighted by its frequency.
-        A continuous u has no such sum: the rows' own u stand in for p(u),
+        A discrete u is scored against every class, weighted by its
+        frequency. A continuous u has no such sum: the rows' own u, whose
+        prior parameters are ``loc`` and ``variance``, stand in for p(u),
         log p(z_i | u_i) - log mean_j p(z_i | u_j), the contrastive (InfoNCE)
         estimate, which needs batches of more than one row.
         """
-        own = self.log_prob(z, loc, variance)
         if self.discrete:
             table = self.log_prob_table(z, *self.table_parameters()) + self.log_class_weights
-            return own + self.log_class_weights[u] - torch.logsumexp(table, dim=1)
+            return table.log_softmax(dim=1).gather(1, u.unsqueeze(1)).squeeze(1)
         table = self.log_prob_table(z, loc, variance)
-        return own - torch.logsumexp(table, dim=1) + math.log(len(z))
-
-    def table_parameters(self):
-        """Location and variance of p(z | u) for every class of a discrete u."""
-        return self(torch.arange(self.n_classes, device=self.table.weight.device))
+        return table.diagonal() - torch.logsumexp(table, dim=1) + math.log(len(z))
 
     def sample(self, u):
         """One draw of z ~ p(z | u) per row of u, from torch's global generator."""
@@ -460,7 +461,7 @@ def posterior_log_prob(z, mean, spread):
     white = torch.linalg.solve_triangular(spread, diff, upper=False)
     log_det = torch.log(torch.diagonal(spread, dim1=-2, dim2=-1)).sum(-1, keepdim=True)
     m = z.shape[-1]
-    return -0.5 * (m * math.log(2 * math.pi) + white.square().sum(1)) - log_det
+    return -0.5 * (m * LOG_2PI + white.square().sum(1)) - log_det
 
 
 def posterior_total_correlation(spread):
@@ -529,14 +530,7 @@ class IdentifiableVAEModule(nn.Module):
             rule = self.integrator.rule(m, self.n_nodes, dtype=x.dtype, device=x.device)
             if self.independent_rows:
                 rule = shift_rows(rule, len(x))
-        mean, spread = self.encode(x, u)
-        loc, prior_variance = self.prior(u)
-        objective = (self.reconstruction(x, mean, spread, rule)
-                     - self.kl_weight * self.kl(mean, spread, loc, prior_variance))
-        if self.contrastive_weight:
-            objective = objective + self.contrastive_weight * self.prior.log_posterior(
-                mean, u, loc, prior_variance)
-        return objective
+        return self.objective(x, u, rule, self.kl_weight, self.contrastive_weight)
 
     def reconstruction(self, x, mean, spread, rule):
         """E_q[log p(x | z)] by the rule over z = mean + L e."""
@@ -556,7 +550,7 @@ class IdentifiableVAEModule(nn.Module):
         with torch.no_grad():
             self.decoder.raw_noise_variance.copy_(noise + torch.log(-torch.expm1(-noise)))
         n = x.shape[-1]
-        return -0.5 * (n * (math.log(2 * math.pi) + torch.log(noise)) + squared / noise)
+        return -0.5 * (n * (LOG_2PI + torch.log(noise)) + squared / noise)
 
     def kl(self, mean, spread, loc, prior_variance):
         """KL(q || p(z | u)) in closed form, for a diagonal or full q."""
@@ -564,17 +558,21 @@ class IdentifiableVAEModule(nn.Module):
                               prior_variance)
                 + posterior_total_correlation(spread))
 
-    def terms(self, x, u, rule):
-        """The reconstruction term and KL(q || p(z | u)), per sample."""
+    def objective(self, x, u, rule, kl_weight=1.0, contrastive_weight=0.0):
+        """Per sample: E_q[log p(x | z)] - kl_weight * KL(q || p(z | u))
+        + contrastive_weight * log p(u | E_q[z])."""
         mean, spread = self.encode(x, u)
         loc, prior_variance = self.prior(u)
-        return (self.reconstruction(x, mean, spread, rule),
-                self.kl(mean, spread, loc, prior_variance))
+        objective = (self.reconstruction(x, mean, spread, rule)
+                     - kl_weight * self.kl(mean, spread, loc, prior_variance))
+        if contrastive_weight:
+            objective = objective + contrastive_weight * self.prior.log_posterior(
+                mean, u, loc, prior_variance)
+        return objective
 
     def elbo(self, x, u, rule):
         """Per-sample ELBO of ``x`` (B, n) given ``u`` (B,) or (B, k)."""
-        reconstruction, kl = self.terms(x, u, rule)
-        return reconstruction - kl
+        return self.objective(x, u, rule)
 
 
 class MarginalLikelihood(nn.Module):
