@@ -30,6 +30,7 @@ Usage::
 """
 
 import argparse
+import contextlib
 import itertools
 import math
 import time
@@ -61,7 +62,10 @@ def make_model(kind, n_dims, n_features, seed):
     if kind == "linear":
         weight = torch.randn(n_features, n_dims, generator=gen, dtype=DTYPE)
         bias = torch.randn(n_features, generator=gen, dtype=DTYPE)
-        decoder = lambda z: z @ weight.T + bias
+
+        def decoder(z):
+            return z @ weight.T + bias
+
         decoder.weight, decoder.bias = weight, bias
         return decoder
     if kind == "tanh":
@@ -144,12 +148,10 @@ def log_marginal_or_nan(x, decoder, rule, variance):
             if rule.shared
             else type(rule)(*(None if t is None else t[i : i + 1] for t in rule))
         )
-        try:
+        with contextlib.suppress(_marginal.NonPositiveIntegralError):
             out[i] = _marginal.log_marginal(
                 x[i : i + 1], decoder, point_rule, variance
             )[0]
-        except _marginal.NonPositiveIntegralError:
-            pass
     return out
 
 

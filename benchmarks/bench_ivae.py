@@ -26,7 +26,7 @@ x, since each leaky-ReLU layer squeezes half of its input tenfold and the
 noise then swamps the squeezed sources; compare methods with the oracle
 beside them when you pass ``--noise-std``.
 
-    python benchmarks/bench_ivae.py                       # noiseless, 5 data x 3 model seeds
+    python benchmarks/bench_ivae.py      # noiseless, 5 data x 3 model seeds
     python benchmarks/bench_ivae.py --noise-std 0.1 --oracle
     python benchmarks/bench_ivae.py --data-seeds 0 1 --model-seeds 0
     python benchmarks/bench_ivae.py --contrastive-weight 0   # the plain ELBO
@@ -53,9 +53,13 @@ def oracle_mcc(X, S, U, seed):
 
     features = np.hstack([X, np.eye(U.max() + 1)[U]])
     order = np.random.RandomState(seed).permutation(len(X))
-    train, test = order[: len(X) * 3 // 4], order[len(X) * 3 // 4:]
-    regressor = MLPRegressor(hidden_layer_sizes=(128, 128), max_iter=100,
-                             early_stopping=True, random_state=seed)
+    train, test = order[: len(X) * 3 // 4], order[len(X) * 3 // 4 :]
+    regressor = MLPRegressor(
+        hidden_layer_sizes=(128, 128),
+        max_iter=100,
+        early_stopping=True,
+        random_state=seed,
+    )
     regressor.fit(features[train], S[train])
     return mcc(S[test], regressor.predict(features[test]))
 
@@ -71,8 +75,9 @@ def true_log_likelihood(S, U, mixing):
     std = np.array([S[U == k].std(0) for k in labels])[np.searchsorted(labels, U)]
     log_p = (-0.5 * (S / std) ** 2 - np.log(std) - 0.5 * np.log(2 * np.pi)).sum(1)
     h = S
-    for coef, intercept, activation in zip(mixing.coefs_, mixing.intercepts_,
-                                           mixing.activations_):
+    for coef, intercept, activation in zip(
+        mixing.coefs_, mixing.intercepts_, mixing.activations_
+    ):
         pre = h @ coef + intercept
         log_p -= np.linalg.slogdet(coef)[1]
         if activation == "leaky_relu":
@@ -91,48 +96,82 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--model-seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--noise-std", type=float, default=0.0,
-                        help="sensor noise of the data (default 0, the paper's setting; "
-                             "make_segmented_sources' own default is 0.1)")
+    parser.add_argument(
+        "--noise-std",
+        type=float,
+        default=0.0,
+        help="sensor noise of the data (default 0, the paper's setting; "
+        "make_segmented_sources' own default is 0.1)",
+    )
     parser.add_argument("--n-segments", type=int, default=40)
     parser.add_argument("--n-per-segment", type=int, default=1000)
     parser.add_argument("--n-components", type=int, default=5)
     parser.add_argument("--n-layers", type=int, default=3)
-    parser.add_argument("--activation", default="xtanh", choices=["xtanh", "leaky_relu"],
-                        help="mixing nonlinearity (default xtanh, as in the default "
-                             "configuration of the authors' code; the paper's text "
-                             "names the leaky ReLU)")
-    parser.add_argument("--vae-max-iter", type=int, default=30,
-                        help="epochs of the VAEICA baseline (same budget as the iVAE)")
-    parser.add_argument("--contrastive-weight", type=float, default=None,
-                        help="IdentifiableVAE's contrastive_weight (default: its default; "
-                             "0 trains on the plain ELBO)")
+    parser.add_argument(
+        "--activation",
+        default="xtanh",
+        choices=["xtanh", "leaky_relu"],
+        help="mixing nonlinearity (default xtanh, as in the default "
+        "configuration of the authors' code; the paper's text "
+        "names the leaky ReLU)",
+    )
+    parser.add_argument(
+        "--vae-max-iter",
+        type=int,
+        default=30,
+        help="epochs of the VAEICA baseline (same budget as the iVAE)",
+    )
+    parser.add_argument(
+        "--contrastive-weight",
+        type=float,
+        default=None,
+        help="IdentifiableVAE's contrastive_weight (default: its default; "
+        "0 trains on the plain ELBO)",
+    )
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--oracle", action="store_true",
-                        help="also fit the supervised ceiling (slow)")
+    parser.add_argument(
+        "--oracle", action="store_true", help="also fit the supervised ceiling (slow)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore", ConvergenceWarning)
     m = args.n_components
-    params = ({} if args.contrastive_weight is None
-              else {"contrastive_weight": args.contrastive_weight})
+    params = (
+        {}
+        if args.contrastive_weight is None
+        else {"contrastive_weight": args.contrastive_weight}
+    )
 
-    print(f"make_segmented_sources({args.n_segments}, {args.n_per_segment}, {m}, {m}, "
-          f"n_layers={args.n_layers}, activation={args.activation!r}, "
-          f"noise_std={args.noise_std}); "
-          f"IdentifiableVAE({params or 'defaults'}), model seeds {args.model_seeds}; "
-          f"{args.threads} thread(s)")
-    header = (f"{'data':>4}  {'iVAE MCC per model seed':<26}{'ELBO':>8}{'true':>8}{'s/fit':>7}"
-              f"{'VAEICA':>8}{'FastICA':>8}" + (f"{'oracle':>8}" if args.oracle else ""))
+    print(
+        f"make_segmented_sources({args.n_segments}, {args.n_per_segment}, {m}, {m}, "
+        f"n_layers={args.n_layers}, activation={args.activation!r}, "
+        f"noise_std={args.noise_std}); "
+        f"IdentifiableVAE({params or 'defaults'}), model seeds {args.model_seeds}; "
+        f"{args.threads} thread(s)"
+    )
+    header = (
+        f"{'data':>4}  {'iVAE MCC per model seed':<26}"
+        f"{'ELBO':>8}{'true':>8}{'s/fit':>7}"
+        f"{'VAEICA':>8}{'FastICA':>8}" + (f"{'oracle':>8}" if args.oracle else "")
+    )
     print(header)
     rows, times, diverged = [], [], 0
     for data_seed in args.data_seeds:
         X, S, U, mixing = make_segmented_sources(
-            args.n_segments, args.n_per_segment, m, m, n_layers=args.n_layers,
-            activation=args.activation, noise_std=args.noise_std,
-            random_state=data_seed, return_mixing=True)
+            args.n_segments,
+            args.n_per_segment,
+            m,
+            m,
+            n_layers=args.n_layers,
+            activation=args.activation,
+            noise_std=args.noise_std,
+            random_state=data_seed,
+            return_mixing=True,
+        )
         # The exact log-likelihood is only defined without sensor noise.
-        truth = true_log_likelihood(S, U, mixing) if args.noise_std == 0 else float("nan")
+        truth = (
+            true_log_likelihood(S, U, mixing) if args.noise_std == 0 else float("nan")
+        )
         scores, elbos = [], []
         for model_seed in args.model_seeds:
             start = time.perf_counter()
@@ -151,17 +190,22 @@ def main(argv=None):
             elbos.append(elbo)
         vae = VAEICA(m, max_iter=args.vae_max_iter, random_state=0).fit(X)
         ica = FastICA(m, whiten="unit-variance", random_state=0).fit(X)
-        row = {"ivae": scores, "vae": mcc(S, vae.transform(X)),
-               "ica": mcc(S, ica.transform(X))}
+        row = {
+            "ivae": scores,
+            "vae": mcc(S, vae.transform(X)),
+            "ica": mcc(S, ica.transform(X)),
+        }
         if args.oracle:
             row["oracle"] = oracle_mcc(X, S, U, data_seed)
         rows.append(row)
         per_seed = " ".join(f"{s:.3f}" for s in scores)
         true_text = f"{truth:.3f}" if np.isfinite(truth) else "-"
-        print(f"{data_seed:>4}  {per_seed:<26}{np.mean(elbos):>8.3f}{true_text:>8}"
-              f"{np.mean(times[-len(args.model_seeds):]):>7.1f}{row['vae']:>8.3f}"
-              f"{row['ica']:>8.3f}" + (f"{row['oracle']:>8.3f}" if args.oracle else ""),
-              flush=True)
+        print(
+            f"{data_seed:>4}  {per_seed:<26}{np.mean(elbos):>8.3f}{true_text:>8}"
+            f"{np.mean(times[-len(args.model_seeds) :]):>7.1f}{row['vae']:>8.3f}"
+            f"{row['ica']:>8.3f}" + (f"{row['oracle']:>8.3f}" if args.oracle else ""),
+            flush=True,
+        )
 
     # Per data seed, the median over model seeds; then the median over data.
     per_data = [float(np.nanmedian(r["ivae"])) for r in rows]
@@ -170,12 +214,21 @@ def main(argv=None):
     med_vae = statistics.median(r["vae"] for r in rows)
     med_ica = statistics.median(r["ica"] for r in rows)
     print()
-    print(f"median MCC over data seeds: iVAE {med:.3f} (worst data seed {min(per_data):.3f},"
-          f" worst fit {np.nanmin(all_fits):.3f}), VAEICA {med_vae:.3f}, FastICA "
-          f"{med_ica:.3f}" + (f", oracle {statistics.median(r['oracle'] for r in rows):.3f}"
-                              if args.oracle else ""))
-    print(f"wall time per iVAE fit: median {statistics.median(times):.1f} s, "
-          f"max {max(times):.1f} s; diverged fits: {diverged} of {len(all_fits)}")
+    print(
+        f"median MCC over data seeds: iVAE {med:.3f} "
+        f"(worst data seed {min(per_data):.3f},"
+        f" worst fit {np.nanmin(all_fits):.3f}), VAEICA {med_vae:.3f}, FastICA "
+        f"{med_ica:.3f}"
+        + (
+            f", oracle {statistics.median(r['oracle'] for r in rows):.3f}"
+            if args.oracle
+            else ""
+        )
+    )
+    print(
+        f"wall time per iVAE fit: median {statistics.median(times):.1f} s, "
+        f"max {max(times):.1f} s; diverged fits: {diverged} of {len(all_fits)}"
+    )
     checks = {
         "median >= 0.9": med >= 0.9,
         "no data seed below 0.8": min(per_data) >= 0.8,
@@ -183,7 +236,10 @@ def main(argv=None):
         "no divergence": diverged == 0,
         "fit < 30 s": max(times) < 30,
     }
-    print("acceptance: " + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in checks.items()))
+    print(
+        "acceptance: "
+        + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in checks.items())
+    )
 
 
 if __name__ == "__main__":

@@ -25,8 +25,14 @@ def bare_loop(X, n_components, hidden, batch_size, epochs, lr, seed):
     torch.manual_seed(seed)
     x = torch.as_tensor(X)
     encoder = GaussianEncoder(x.shape[1], n_components, hidden, "leaky_relu")
-    decoder = GaussianDecoder(n_components, x.shape[1], hidden, "leaky_relu",
-                              noise_variance=float(x.var(0).mean()), mean_init=x.mean(0))
+    decoder = GaussianDecoder(
+        n_components,
+        x.shape[1],
+        hidden,
+        "leaky_relu",
+        noise_variance=float(x.var(0).mean()),
+        mean_init=x.mean(0),
+    )
     model = VAE(encoder, decoder, MonteCarlo(), 1).double()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     for _ in range(epochs):
@@ -55,14 +61,20 @@ def main():
     warnings.simplefilter("ignore")
 
     rng = np.random.RandomState(0)
-    X = np.tanh(rng.randn(args.n_samples, args.n_components)
-                @ rng.randn(args.n_components, args.n_features)) \
-        + 0.1 * rng.randn(args.n_samples, args.n_features)
+    X = np.tanh(
+        rng.randn(args.n_samples, args.n_components)
+        @ rng.randn(args.n_components, args.n_features)
+    ) + 0.1 * rng.randn(args.n_samples, args.n_features)
     hidden = tuple(args.hidden)
-    params = dict(n_components=args.n_components, hidden_layer_sizes=hidden,
-                  batch_size=args.batch_size, max_iter=args.epochs,
-                  n_iter_no_change=args.epochs + 1, learning_rate_init=1e-3,
-                  integrator="monte_carlo")  # the bare loop's SGVB draw
+    params = dict(
+        n_components=args.n_components,
+        hidden_layer_sizes=hidden,
+        batch_size=args.batch_size,
+        max_iter=args.epochs,
+        n_iter_no_change=args.epochs + 1,
+        learning_rate_init=1e-3,
+        integrator="monte_carlo",
+    )  # the bare loop's SGVB draw
 
     # Warm up both paths (imports, allocator, first-call costs).
     VAEICA(**params, random_state=0).fit(X[:1000])
@@ -79,10 +91,12 @@ def main():
         bare_time = time.perf_counter() - start
         ratios.append(fit_time / bare_time)
         print(f"{run:>4} {fit_time:>15.3f} {bare_time:>14.3f} {ratios[-1]:>7.3f}")
-    print(f"median ratio VAEICA.fit / bare loop: {statistics.median(ratios):.3f} "
-          f"({args.n_samples} x {args.n_features}, m={args.n_components}, "
-          f"hidden={hidden}, batch {args.batch_size}, {args.epochs} epochs, "
-          f"{args.threads} thread(s))")
+    print(
+        f"median ratio VAEICA.fit / bare loop: {statistics.median(ratios):.3f} "
+        f"({args.n_samples} x {args.n_features}, m={args.n_components}, "
+        f"hidden={hidden}, batch {args.batch_size}, {args.epochs} epochs, "
+        f"{args.threads} thread(s))"
+    )
 
 
 if __name__ == "__main__":

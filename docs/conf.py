@@ -5,7 +5,7 @@ import sys
 
 sys.path.insert(0, os.path.abspath(".."))
 
-import sklearn_nlica  # noqa: E402
+import sklearn_nlica
 
 project = "sklearn-nlica"
 author = "the sklearn-nlica developers"
@@ -36,6 +36,9 @@ sphinx_gallery_conf = {
     "reference_url": {"sklearn_nlica": None},
 }
 
-html_theme = "pydata_sphinx_theme" if os.environ.get("NLICA_DOCS_THEME", "1") == "1" \
+html_theme = (
+    "pydata_sphinx_theme"
+    if os.environ.get("NLICA_DOCS_THEME", "1") == "1"
     else "alabaster"
+)
 html_title = "sklearn-nlica"

@@ -37,8 +37,14 @@ from sklearn_nlica.metrics import mean_correlation_coefficient
 # simulations there is no sensor noise: each leaky-ReLU layer squeezes half
 # of its input tenfold, and noise would hide the squeezed sources from any
 # method.
-X, S, U = make_segmented_sources(n_segments=20, n_per_segment=200, n_components=3,
-                                 n_layers=2, noise_std=0.0, random_state=1)
+X, S, U = make_segmented_sources(
+    n_segments=20,
+    n_per_segment=200,
+    n_components=3,
+    n_layers=2,
+    noise_std=0.0,
+    random_state=1,
+)
 X.shape, np.unique(U).size
 
 # %%
@@ -49,14 +55,19 @@ X.shape, np.unique(U).size
 # schedule, and its prior also used as a classifier of u) is documented in
 # its docstring. With only 4,000 rows, batches of
 # 64 give it enough steps in 30 epochs; the VAE gets the same budget.
-ivae = IdentifiableVAE(n_components=3, max_iter=30, batch_size=64,
-                       random_state=0).fit(X, U)
-vae = VAEICA(n_components=3, max_iter=30, learning_rate_init=1e-2, batch_size=64,
-             random_state=0).fit(X)
+ivae = IdentifiableVAE(n_components=3, max_iter=30, batch_size=64, random_state=0).fit(
+    X, U
+)
+vae = VAEICA(
+    n_components=3, max_iter=30, learning_rate_init=1e-2, batch_size=64, random_state=0
+).fit(X)
 ica = FastICA(n_components=3, whiten="unit-variance", random_state=0).fit(X)
 
-latents = {"iVAE (given u)": ivae.transform(X), "VAE": vae.transform(X),
-           "FastICA": ica.transform(X)}
+latents = {
+    "iVAE (given u)": ivae.transform(X),
+    "VAE": vae.transform(X),
+    "FastICA": ica.transform(X),
+}
 for name, Z in latents.items():
     print(f"{name:15s} MCC = {mean_correlation_coefficient(S, Z):.3f}")
 

@@ -32,16 +32,25 @@ from sklearn_nlica.metrics import mean_correlation_coefficient
 
 torch.set_num_threads(2)
 noise_std = 0.1
-X, S, mixing = make_nonlinear_ica(n_samples=1500, n_components=2, n_features=8,
-                                  activation="tanh", noise_std=noise_std,
-                                  random_state=0, return_mixing=True)
+X, S, mixing = make_nonlinear_ica(
+    n_samples=1500,
+    n_components=2,
+    n_features=8,
+    activation="tanh",
+    noise_std=noise_std,
+    random_state=0,
+    return_mixing=True,
+)
 X_train, X_test, S_test = X[:1000], X[1000:], S[1000:]
 
 # The same decoder architecture for both; the VAE also learns an encoder.
-model = dict(n_components=2, hidden_layer_sizes=(32,), activation="tanh",
-             random_state=0)
+model = dict(
+    n_components=2, hidden_layer_sizes=(32,), activation="tanh", random_state=0
+)
 mle = NonlinearICAMLE(max_iter=25, **model).fit(X_train)
-vae = VAEICA(max_iter=150, learning_rate_init=3e-3, batch_size=100, **model).fit(X_train)
+vae = VAEICA(max_iter=150, learning_rate_init=3e-3, batch_size=100, **model).fit(
+    X_train
+)
 
 # %%
 # The generating model's log-likelihood, by the same adaptive integration rule
@@ -51,8 +60,10 @@ x_test = torch.as_tensor(X_test)
 n_features = X.shape[1]
 # The mixing network in torch (the rule's Newton steps differentiate it).
 activations = {"tanh": torch.tanh, "identity": lambda h: h}
-layers = [(torch.as_tensor(W), torch.as_tensor(b), activations[name]) for W, b, name
-          in zip(mixing.coefs_, mixing.intercepts_, mixing.activations_)]
+layers = [
+    (torch.as_tensor(W), torch.as_tensor(b), activations[name])
+    for W, b, name in zip(mixing.coefs_, mixing.intercepts_, mixing.activations_)
+]
 
 
 def true_log_integrand(z):
@@ -61,12 +72,17 @@ def true_log_integrand(z):
     for W, b, activation in layers:
         means = activation(means @ W + b)
     sq_dist = ((x_test[:, None] - means) ** 2).sum(-1)
-    return -0.5 * (sq_dist / noise_std**2 + n_features * np.log(2 * np.pi * noise_std**2))
+    return -0.5 * (
+        sq_dist / noise_std**2 + n_features * np.log(2 * np.pi * noise_std**2)
+    )
 
 
-rule = Adaptive().rule(2, 64, log_integrand=true_log_integrand,
-                       generator=torch.Generator().manual_seed(0))
-truth = float(torch.logsumexp(rule.log_weights + true_log_integrand(rule.nodes), 1).mean())
+rule = Adaptive().rule(
+    2, 64, log_integrand=true_log_integrand, generator=torch.Generator().manual_seed(0)
+)
+truth = float(
+    torch.logsumexp(rule.log_weights + true_log_integrand(rule.nodes), 1).mean()
+)
 
 scores = {
     "true model": truth,
@@ -76,11 +92,15 @@ scores = {
 }
 for name, value in scores.items():
     print(f"{name.replace(chr(10), ' '):38s} {value:8.3f} nats per sample")
-print(f"noise variance: true {noise_std**2:.4f}, MLE {mle.noise_variance_:.4f}, "
-      f"VAE {vae.noise_variance_:.4f}")
+print(
+    f"noise variance: true {noise_std**2:.4f}, MLE {mle.noise_variance_:.4f}, "
+    f"VAE {vae.noise_variance_:.4f}"
+)
 Z_mle, Z_vae = mle.transform(X_test), vae.transform(X_test)
-print(f"MCC with the sources: MLE {mean_correlation_coefficient(S_test, Z_mle):.3f}, "
-      f"VAE {mean_correlation_coefficient(S_test, Z_vae):.3f}")
+print(
+    f"MCC with the sources: MLE {mean_correlation_coefficient(S_test, Z_mle):.3f}, "
+    f"VAE {mean_correlation_coefficient(S_test, Z_vae):.3f}"
+)
 
 # %%
 # Held-out scores on one scale (higher is better), and the latent
@@ -90,8 +110,12 @@ print(f"MCC with the sources: MLE {mean_correlation_coefficient(S_test, Z_mle):.
 fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
 names = list(scores)
 values = np.array([scores[name] for name in names])
-axes[0].barh(names, values - values.min() + 0.2, left=values.min() - 0.2,
-             color=["grey", "C0", "C1", "C1"])
+axes[0].barh(
+    names,
+    values - values.min() + 0.2,
+    left=values.min() - 0.2,
+    color=["grey", "C0", "C1", "C1"],
+)
 axes[0].invert_yaxis()
 axes[0].set(title="held-out score", xlabel="nats per sample")
 for ax, Z, name in ((axes[1], Z_mle, "NonlinearICAMLE"), (axes[2], Z_vae, "VAEICA")):

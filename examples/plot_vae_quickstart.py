@@ -21,11 +21,18 @@ from sklearn_nlica import VAEICA
 from sklearn_nlica.datasets import make_nonlinear_ica
 from sklearn_nlica.metrics import mean_correlation_coefficient
 
-X, S = make_nonlinear_ica(n_samples=3000, n_components=2, n_features=10,
-                          activation="leaky_relu", noise_std=0.1, random_state=0)
+X, S = make_nonlinear_ica(
+    n_samples=3000,
+    n_components=2,
+    n_features=10,
+    activation="leaky_relu",
+    noise_std=0.1,
+    random_state=0,
+)
 
-model = make_pipeline(StandardScaler(),
-                      VAEICA(n_components=2, max_iter=60, random_state=0))
+model = make_pipeline(
+    StandardScaler(), VAEICA(n_components=2, max_iter=60, random_state=0)
+)
 model.fit(X)
 vae = model[-1]
 Z = model.transform(X)

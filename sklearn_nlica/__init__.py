@@ -11,4 +11,4 @@ from ._vae import VAEICA
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["IdentifiableVAE", "NonlinearICAMLE", "VAEICA"]
+__all__ = ["VAEICA", "IdentifiableVAE", "NonlinearICAMLE"]

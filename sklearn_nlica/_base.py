@@ -59,18 +59,26 @@ def resolve_device(device):
         raise ValueError(f"device={device!r} is not a valid torch device.") from exc
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device={device!r} was requested but CUDA is not "
-                             "available on this machine; use device='cpu' or 'auto'.")
+            raise ValueError(
+                f"device={device!r} was requested but CUDA is not "
+                "available on this machine; use device='cpu' or 'auto'."
+            )
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise ValueError(f"device={device!r} was requested but this machine has "
-                             f"{torch.cuda.device_count()} CUDA device(s).")
+            raise ValueError(
+                f"device={device!r} was requested but this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s)."
+            )
     elif resolved.type == "mps":
         if not torch.backends.mps.is_available():
-            raise ValueError(f"device={device!r} was requested but MPS is not "
-                             "available on this machine; use device='cpu' or 'auto'.")
+            raise ValueError(
+                f"device={device!r} was requested but MPS is not "
+                "available on this machine; use device='cpu' or 'auto'."
+            )
     elif resolved.type != "cpu":
-        raise ValueError(f"device={device!r} is not supported; use 'cpu', 'cuda', "
-                         "'cuda:N', 'mps' or 'auto'.")
+        raise ValueError(
+            f"device={device!r} is not supported; use 'cpu', 'cuda', "
+            "'cuda:N', 'mps' or 'auto'."
+        )
     return resolved
 
 
@@ -97,8 +105,9 @@ def _draw_seed(random_state):
     return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
 
 
-class LatentVariableModel(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
-                          BaseEstimator):
+class LatentVariableModel(
+    ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator
+):
     """Base class of the estimators: x = g(z) + noise with z ~ N(0, I).
 
     Not for direct use: subclasses define the torch module and the objective.
@@ -116,7 +125,10 @@ class LatentVariableModel(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
         "early_stopping": ["boolean"],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
-        "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
+        "batch_size": [
+            StrOptions({"auto"}),
+            Interval(Integral, 1, None, closed="left"),
+        ],
         "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
         "device": [str, torch.device],
         "random_state": ["random_state"],
@@ -154,17 +166,25 @@ class LatentVariableModel(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         sizes = self.hidden_layer_sizes
         sizes = tuple(np.atleast_1d(sizes).tolist()) if np.ndim(sizes) else (sizes,)
         if not all(isinstance(h, Integral) and h > 0 for h in sizes):
-            raise ValueError("hidden_layer_sizes must be a tuple of positive "
-                             f"integers (or () for a linear model), got {sizes!r}.")
+            raise ValueError(
+                "hidden_layer_sizes must be a tuple of positive "
+                f"integers (or () for a linear model), got {sizes!r}."
+            )
         return tuple(int(h) for h in sizes)
 
     def _validate_X(self, X, reset):
-        return validate_data(self, X, reset=reset, dtype=[np.float64, np.float32],
-                             ensure_min_samples=1 if not reset else 2)
+        return validate_data(
+            self,
+            X,
+            reset=reset,
+            dtype=[np.float64, np.float32],
+            ensure_min_samples=1 if not reset else 2,
+        )
 
     def _as_tensor(self, array, device, dtype=None):
-        return torch.tensor(np.asarray(array), dtype=dtype or self._dtype,
-                            device=device)
+        return torch.tensor(
+            np.asarray(array), dtype=dtype or self._dtype, device=device
+        )
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
@@ -200,8 +220,11 @@ class LatentVariableModel(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         self._integrator = clone(get_integrator(self.integrator))
         self._seed = _draw_seed(self.random_state) if seed is None else int(seed)
         n_samples = X.shape[0]
-        batch_size = min(200, n_samples) if self.batch_size == "auto" else min(
-            self.batch_size, n_samples)
+        batch_size = (
+            min(200, n_samples)
+            if self.batch_size == "auto"
+            else min(self.batch_size, n_samples)
+        )
         if self.early_stopping and n_samples < 2:
             raise ValueError("early_stopping needs at least 2 samples.")
 
@@ -218,7 +241,8 @@ class LatentVariableModel(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
                 iterator_train=TensorBatches,
                 iterator_train__shuffle=True,
                 iterator_valid=TensorBatches,
-                train_split=HoldOut(self.validation_fraction) if self.early_stopping
+                train_split=HoldOut(self.validation_fraction)
+                if self.early_stopping
                 else None,
                 callbacks=self._callbacks(),
                 device=device,
@@ -240,13 +264,22 @@ class LatentVariableModel(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         monitor = "valid_loss" if self.early_stopping else "train_loss"
         callbacks = [
             ("raise_on_non_finite", RaiseOnNonFinite()),
-            ("early_stopping", EarlyStopping(
-                monitor=monitor, patience=self.n_iter_no_change, threshold=self.tol,
-                threshold_mode="abs", load_best=self.early_stopping,
-                sink=print if self.verbose else noop)),
+            (
+                "early_stopping",
+                EarlyStopping(
+                    monitor=monitor,
+                    patience=self.n_iter_no_change,
+                    threshold=self.tol,
+                    threshold_mode="abs",
+                    load_best=self.early_stopping,
+                    sink=print if self.verbose else noop,
+                ),
+            ),
         ]
         if self.verbose == 1:
-            callbacks.append(("progress_bar", EpochProgressBar(self.max_iter, type(self).__name__)))
+            callbacks.append(
+                ("progress_bar", EpochProgressBar(self.max_iter, type(self).__name__))
+            )
         return callbacks + list(self.callbacks or [])
 
     def _store_history(self, net):
@@ -264,7 +297,10 @@ class LatentVariableModel(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         if self.n_iter_ == self.max_iter and not self._converged(history):
             warnings.warn(
                 f"{type(self).__name__} reached max_iter={self.max_iter} epochs "
-                "without converging; increase max_iter.", ConvergenceWarning)
+                "without converging; increase max_iter.",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
 
     def _warm_epochs(self):
         """Leading epochs that optimise another objective (a warm-up)."""
@@ -273,11 +309,11 @@ class LatentVariableModel(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
     def _converged(self, history):
         # Warm-up epochs optimise another objective: judge the rest only.
         monitor = "valid_loss" if self.early_stopping else "train_loss"
-        losses = np.asarray(history[:, monitor], dtype=float)[self._warm_epochs():]
+        losses = np.asarray(history[:, monitor], dtype=float)[self._warm_epochs() :]
         if len(losses) <= self.n_iter_no_change:
             return False
         best_before = losses[: -self.n_iter_no_change].min()
-        return losses[-self.n_iter_no_change:].min() > best_before - self.tol
+        return losses[-self.n_iter_no_change :].min() > best_before - self.tol
 
     # ---- fitted model ---------------------------------------------------------
 
@@ -299,8 +335,13 @@ class LatentVariableModel(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         if decoder.variance == "per_sample":
             return None
         with torch.no_grad():
-            return float(decoder(torch.zeros(1, self.n_components, dtype=self._dtype,
-                                             device=self.device_))[1])
+            return float(
+                decoder(
+                    torch.zeros(
+                        1, self.n_components, dtype=self._dtype, device=self.device_
+                    )
+                )[1]
+            )
 
     @property
     def _n_features_out(self):
@@ -321,8 +362,8 @@ class LatentVariableModel(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         out = []
         with torch.no_grad():
             for start in range(0, X.shape[0], PREDICT_CHUNK):
-                x = self._as_tensor(X[start:start + PREDICT_CHUNK], device)
-                part = {k: v[start:start + PREDICT_CHUNK] for k, v in extras.items()}
+                x = self._as_tensor(X[start : start + PREDICT_CHUNK], device)
+                part = {k: v[start : start + PREDICT_CHUNK] for k, v in extras.items()}
                 out.append(fn(x, **part) if rule is None else fn(x, rule, **part))
         module.train(was_training)
         return torch.cat(out).cpu().numpy().astype(X.dtype, copy=False)
@@ -332,9 +373,14 @@ class LatentVariableModel(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         every row is scored with the same nodes (or, for adaptive rules, nodes
         that depend on that row alone)."""
         generator = torch.Generator().manual_seed(self._seed)
-        return self._integrator.rule(n_dims, n_nodes or self.n_nodes,
-                                     dtype=self._dtype, device=self.device_,
-                                     generator=generator, log_integrand=log_integrand)
+        return self._integrator.rule(
+            n_dims,
+            n_nodes or self.n_nodes,
+            dtype=self._dtype,
+            device=self.device_,
+            generator=generator,
+            log_integrand=log_integrand,
+        )
 
     def transform(self, X):
         """Latent representation of ``X``: the posterior mean E[z | x].
@@ -372,8 +418,10 @@ class LatentVariableModel(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
 
         Z = check_array(Z, dtype=[np.float64, np.float32])
         if Z.shape[1] != self.n_components:
-            raise ValueError(f"Z has {Z.shape[1]} features, but {type(self).__name__} "
-                             f"is expecting {self.n_components} latent components.")
+            raise ValueError(
+                f"Z has {Z.shape[1]} features, but {type(self).__name__} "
+                f"is expecting {self.n_components} latent components."
+            )
         return Z
 
     def score_samples(self, X):
@@ -432,7 +480,9 @@ class LatentVariableModel(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         """``sample``'s body; ``latent_kwargs`` go to ``_sample_latent``."""
         check_is_fitted(self)
         if not isinstance(n_samples, Integral) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
+            raise ValueError(
+                f"n_samples must be a positive integer, got {n_samples!r}."
+            )
         seed = _draw_seed(self.random_state if random_state is None else random_state)
         device = self.device_
         with seeded(seed, torch.device("cpu")), torch.no_grad():

@@ -41,26 +41,43 @@ def _hidden_sizes(text):
         return tuple(int(h) for h in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers such as 64,64 (or 'linear'), got {text!r}")
+            "expected comma-separated integers such as 64,64 (or 'linear'), "
+            f"got {text!r}"
+        ) from None
 
 
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="nlica",
         description="Fit a nonlinear-ICA model (sklearn-nlica) and write the "
-                    "recovered sources.")
-    parser.add_argument("estimator", choices=sorted(ESTIMATORS),
-                        help="which estimator to fit")
-    parser.add_argument("data", nargs="?", type=Path,
-                        help="CSV or .npy file of shape (n_samples, n_features); "
-                             "omit it to use built-in generated data")
+        "recovered sources.",
+    )
+    parser.add_argument(
+        "estimator", choices=sorted(ESTIMATORS), help="which estimator to fit"
+    )
+    parser.add_argument(
+        "data",
+        nargs="?",
+        type=Path,
+        help="CSV or .npy file of shape (n_samples, n_features); "
+        "omit it to use built-in generated data",
+    )
     model = parser.add_argument_group("model (the estimator's parameters)")
     model.add_argument("-m", "--n-components", type=int, default=2)
-    model.add_argument("--hidden-layer-sizes", type=_hidden_sizes, default=None,
-                       metavar="64,64", help="hidden widths, or 'linear'")
+    model.add_argument(
+        "--hidden-layer-sizes",
+        type=_hidden_sizes,
+        default=None,
+        metavar="64,64",
+        help="hidden widths, or 'linear'",
+    )
     model.add_argument("--activation", default=None)
-    model.add_argument("--noise-variance", type=float, default=None,
-                       help="fix sigma^2 (default: learn it)")
+    model.add_argument(
+        "--noise-variance",
+        type=float,
+        default=None,
+        help="fix sigma^2 (default: learn it)",
+    )
     model.add_argument("--integrator", default=None)
     model.add_argument("--n-nodes", type=int, default=None)
     model.add_argument("--max-iter", type=int, default=None, help="epochs")
@@ -73,21 +90,48 @@ def build_parser():
     builtin.add_argument("--n-samples", type=int, default=2000)
     builtin.add_argument("--n-features", type=int, default=10)
     builtin.add_argument("--noise-std", type=float, default=0.1)
-    builtin.add_argument("--n-segments", type=int, default=20,
-                         help="ivae: segments of the built-in segmented data")
+    builtin.add_argument(
+        "--n-segments",
+        type=int,
+        default=20,
+        help="ivae: segments of the built-in segmented data",
+    )
     aux = parser.add_argument_group(
-        "auxiliary variable u (ivae; the segment labels of built-in data)")
-    aux.add_argument("--aux-column", type=int, default=None, metavar="J",
-                     help="column J of the data file holds u (it is removed from X)")
-    aux.add_argument("--aux", type=Path, default=None, metavar="FILE",
-                     help="u in its own CSV or .npy file, one row per sample")
+        "auxiliary variable u (ivae; the segment labels of built-in data)"
+    )
+    aux.add_argument(
+        "--aux-column",
+        type=int,
+        default=None,
+        metavar="J",
+        help="column J of the data file holds u (it is removed from X)",
+    )
+    aux.add_argument(
+        "--aux",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="u in its own CSV or .npy file, one row per sample",
+    )
     out = parser.add_argument_group("output")
-    out.add_argument("-o", "--output", type=Path, default=Path("latents.csv"),
-                     help="where to write the latent representation (.csv or .npy)")
-    out.add_argument("--plot", type=Path, default=None,
-                     help="also save a figure of the latents (needs matplotlib)")
-    out.add_argument("--no-standardize", action="store_true",
-                     help="fit on the raw data instead of standardised data")
+    out.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=Path("latents.csv"),
+        help="where to write the latent representation (.csv or .npy)",
+    )
+    out.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        help="also save a figure of the latents (needs matplotlib)",
+    )
+    out.add_argument(
+        "--no-standardize",
+        action="store_true",
+        help="fit on the raw data instead of standardised data",
+    )
     out.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -114,12 +158,20 @@ def builtin_data(args):
     if args.estimator == "ivae":
         n_per_segment = max(1, args.n_samples // args.n_segments)
         return make_segmented_sources(
-            args.n_segments, n_per_segment, args.n_components,
-            max(args.n_features, args.n_components), noise_std=args.noise_std,
-            random_state=args.random_state)
-    X, S = make_nonlinear_ica(n_samples=args.n_samples, n_components=args.n_components,
-                              n_features=args.n_features, noise_std=args.noise_std,
-                              random_state=args.random_state)
+            args.n_segments,
+            n_per_segment,
+            args.n_components,
+            max(args.n_features, args.n_components),
+            noise_std=args.noise_std,
+            random_state=args.random_state,
+        )
+    X, S = make_nonlinear_ica(
+        n_samples=args.n_samples,
+        n_components=args.n_components,
+        n_features=args.n_features,
+        noise_std=args.noise_std,
+        random_state=args.random_state,
+    )
     return X, S, None
 
 
@@ -128,24 +180,31 @@ def file_data(args):
     X, U = load_data(args.data), None
     if args.aux_column is not None:
         if not -X.shape[1] <= args.aux_column < X.shape[1]:
-            raise ValueError(f"--aux-column {args.aux_column} is out of range for "
-                             f"{X.shape[1]} columns.")
+            raise ValueError(
+                f"--aux-column {args.aux_column} is out of range for "
+                f"{X.shape[1]} columns."
+            )
         U = X[:, args.aux_column]
         X = np.delete(X, args.aux_column, axis=1)
     elif args.aux is not None:
         U = load_data(args.aux)
         U = U.ravel() if U.ndim == 2 and U.shape[1] == 1 else U
     if args.estimator == "ivae" and U is None:
-        raise ValueError("ivae needs the auxiliary variable u: name its column "
-                         "(--aux-column J) or its file (--aux FILE).")
+        raise ValueError(
+            "ivae needs the auxiliary variable u: name its column "
+            "(--aux-column J) or its file (--aux FILE)."
+        )
     return X, U
 
 
 def estimator_params(cls, args):
     """The command-line options that name one of the estimator's parameters."""
     names = cls().get_params()
-    params = {name: value for name, value in vars(args).items()
-              if name in names and value is not None}
+    params = {
+        name: value
+        for name, value in vars(args).items()
+        if name in names and value is not None
+    }
     params["verbose"] = 0 if args.quiet else 1
     return params
 
@@ -165,7 +224,9 @@ def plot_latents(path, Z, S=None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2 if S is not None else 1, figsize=(9, 4), squeeze=False)
+    fig, axes = plt.subplots(
+        1, 2 if S is not None else 1, figsize=(9, 4), squeeze=False
+    )
     axes[0, 0].scatter(Z[:, 0], Z[:, min(1, Z.shape[1] - 1)], s=2, alpha=0.5)
     axes[0, 0].set(title="recovered latents", xlabel="z0", ylabel="z1")
     if S is not None:
@@ -183,9 +244,13 @@ def main(argv=None):
     try:
         if args.data is None:
             X, S, U = builtin_data(args)
-            generator = "make_segmented_sources" if U is not None else "make_nonlinear_ica"
-            source = (f"built-in {generator} data ({X.shape[0]} x {X.shape[1]}, "
-                      f"{args.n_components} sources)")
+            generator = (
+                "make_segmented_sources" if U is not None else "make_nonlinear_ica"
+            )
+            source = (
+                f"built-in {generator} data ({X.shape[0]} x {X.shape[1]}, "
+                f"{args.n_components} sources)"
+            )
         else:
             (X, U), S = file_data(args), None
             source = f"{args.data} ({X.shape[0]} x {X.shape[1]})"
@@ -193,15 +258,18 @@ def main(argv=None):
         aux = (U,) if args.estimator == "ivae" else ()
         cls = _estimator_class(args.estimator)
         estimator = cls(**estimator_params(cls, args))
-        model = estimator if args.no_standardize else make_pipeline(StandardScaler(),
-                                                                    estimator)
+        model = (
+            estimator
+            if args.no_standardize
+            else make_pipeline(StandardScaler(), estimator)
+        )
         print(f"nlica: fitting {cls.__name__} on {source}", flush=True)
         start = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
             model.fit(X, *aux)
     except (ValueError, TypeError, FloatingPointError) as exc:
-        raise SystemExit(f"nlica: {type(exc).__name__}: {exc}")
+        raise SystemExit(f"nlica: {type(exc).__name__}: {exc}") from None
     if any(issubclass(w.category, ConvergenceWarning) for w in caught):
         print("  note: max_iter reached before convergence; try a larger --max-iter")
     elapsed = time.perf_counter() - start
@@ -209,21 +277,29 @@ def main(argv=None):
     X_hat = model.inverse_transform(Z)
 
     print(f"  epochs               {estimator.n_iter_}  ({elapsed:.1f} s)")
-    print(f"  score                {model.score(X, *aux):.4f}  "
-          f"(mean {'ELBO' if hasattr(estimator, 'log_likelihood') else 'log-likelihood'}"
-          " per sample)")
+    print(
+        f"  score                {model.score(X, *aux):.4f}  "
+        f"(mean {'ELBO' if hasattr(estimator, 'log_likelihood') else 'log-likelihood'}"
+        " per sample)"
+    )
     if hasattr(estimator, "log_likelihood"):
         Xs = X if args.no_standardize else model[:-1].transform(X)
-        print(f"  log-likelihood       {estimator.log_likelihood(Xs, *aux).mean():.4f}  "
-              "(importance-weighted)")
+        print(
+            f"  log-likelihood       {estimator.log_likelihood(Xs, *aux).mean():.4f}  "
+            "(importance-weighted)"
+        )
     noise = estimator.noise_variance_
     if noise is not None:
         print(f"  noise variance       {noise:.4g}")
-    print(f"  reconstruction       {procrustes_disparity(X, X_hat):.4f}  "
-          "(Procrustes disparity, 0 = perfect)")
+    print(
+        f"  reconstruction       {procrustes_disparity(X, X_hat):.4f}  "
+        "(Procrustes disparity, 0 = perfect)"
+    )
     if S is not None:
-        print(f"  source recovery      {mean_correlation_coefficient(S, Z):.4f}  "
-              "(MCC against the true sources, 1 = perfect)")
+        print(
+            f"  source recovery      {mean_correlation_coefficient(S, Z):.4f}  "
+            "(MCC against the true sources, 1 = perfect)"
+        )
     write_latents(args.output, Z)
     print(f"  latents written to   {args.output}")
     if args.plot is not None:

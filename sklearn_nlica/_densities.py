@@ -33,7 +33,9 @@ def log_normal_isotropic(x, mean, variance):
 
 def log_normal_diag(x, mean, variance):
     """Log-density of ``N(x; mean, diag(variance))`` summed over the last axis."""
-    return -0.5 * (LOG_2PI + torch.log(variance) + (x - mean).square() / variance).sum(-1)
+    return -0.5 * (LOG_2PI + torch.log(variance) + (x - mean).square() / variance).sum(
+        -1
+    )
 
 
 def log_standard_normal(z):
@@ -62,7 +64,6 @@ def kl_diag_diag(mean_q, variance_q, mean_p, variance_p):
     ).sum(-1)
 
 
-
 def log_laplace_diag(x, loc, scale):
     """Log-density of independent Laplace(loc, scale) coordinates, summed
     over the last axis: ``sum(-log(2 scale) - |x - loc| / scale)``."""
@@ -77,8 +78,9 @@ def expected_abs_normal(mean, variance):
     """
     std = variance.sqrt()
     t = mean / std
-    return (std * math.sqrt(2.0 / math.pi) * torch.exp(-0.5 * t.square())
-            + mean * torch.erf(t / math.sqrt(2.0)))
+    return std * math.sqrt(2.0 / math.pi) * torch.exp(
+        -0.5 * t.square()
+    ) + mean * torch.erf(t / math.sqrt(2.0))
 
 
 def kl_diag_laplace(mean_q, variance_q, loc_p, scale_p):
@@ -89,6 +91,9 @@ def kl_diag_laplace(mean_q, variance_q, loc_p, scale_p):
     mean for ``E|z - loc|``; summed over the last axis.
     """
     entropy = 0.5 * (LOG_2PI + 1.0 + torch.log(variance_q))
-    cross = (math.log(2.0) + torch.log(scale_p)
-             + expected_abs_normal(mean_q - loc_p, variance_q) / scale_p)
+    cross = (
+        math.log(2.0)
+        + torch.log(scale_p)
+        + expected_abs_normal(mean_q - loc_p, variance_q) / scale_p
+    )
     return (cross - entropy).sum(-1)

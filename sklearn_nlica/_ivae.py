@@ -429,16 +429,39 @@ class IdentifiableVAE(LatentVariableModel):
         "max_grad_norm": [None, Interval(Real, 0, None, closed="neither")],
     }
 
-    def __init__(self, n_components=2, *, hidden_layer_sizes=(64, 64, 64),
-                 activation="leaky_relu", noise_variance=None, prior="gaussian",
-                 aux_type="auto", prior_hidden_layer_sizes=(64,),
-                 conditional_encoder=False, posterior_covariance="full",
-                 integrator="qmc", n_mc_samples=1, n_nodes=256,
-                 contrastive_weight=20.0, linear_warm_start=10, kl_warmup=0, n_init=1,
-                 learning_rate_schedule="cosine", max_grad_norm=100.0,
-                 max_iter=30, tol=1e-4, n_iter_no_change=10, early_stopping=False,
-                 validation_fraction=0.1, batch_size=256, learning_rate_init=1e-2,
-                 device="cpu", random_state=None, verbose=0, callbacks=None):
+    def __init__(
+        self,
+        n_components=2,
+        *,
+        hidden_layer_sizes=(64, 64, 64),
+        activation="leaky_relu",
+        noise_variance=None,
+        prior="gaussian",
+        aux_type="auto",
+        prior_hidden_layer_sizes=(64,),
+        conditional_encoder=False,
+        posterior_covariance="full",
+        integrator="qmc",
+        n_mc_samples=1,
+        n_nodes=256,
+        contrastive_weight=20.0,
+        linear_warm_start=10,
+        kl_warmup=0,
+        n_init=1,
+        learning_rate_schedule="cosine",
+        max_grad_norm=100.0,
+        max_iter=30,
+        tol=1e-4,
+        n_iter_no_change=10,
+        early_stopping=False,
+        validation_fraction=0.1,
+        batch_size=256,
+        learning_rate_init=1e-2,
+        device="cpu",
+        random_state=None,
+        verbose=0,
+        callbacks=None,
+    ):
         self.n_components = n_components
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -478,26 +501,37 @@ class IdentifiableVAE(LatentVariableModel):
             raise ValueError(
                 f"{type(self).__name__} requires y to be passed, but the target y "
                 "is None: y is the auxiliary variable u (segment labels, a time "
-                "index or covariates with one row per sample).")
+                "index or covariates with one row per sample)."
+            )
         if sp.issparse(y):
-            raise TypeError("A sparse auxiliary variable y is not supported; pass a "
-                            "dense array.")
+            raise TypeError(
+                "A sparse auxiliary variable y is not supported; pass a dense array."
+            )
         # One conversion up front: array-likes that refuse numpy's array
         # functions (np.ndim, np.shape) still convert through __array__.
         y = np.asarray(y)
         if y.ndim not in (1, 2):
-            raise ValueError("The auxiliary variable y must be 1-D (labels, a time "
-                             f"index) or 2-D (covariates); got shape {y.shape}.")
+            raise ValueError(
+                "The auxiliary variable y must be 1-D (labels, a time "
+                f"index) or 2-D (covariates); got shape {y.shape}."
+            )
         if y.shape[0] != n_samples:
-            raise ValueError(f"y has {y.shape[0]} rows but X has {n_samples} "
-                             "samples; the auxiliary variable needs one row per "
-                             "sample.")
+            raise ValueError(
+                f"y has {y.shape[0]} rows but X has {n_samples} "
+                "samples; the auxiliary variable needs one row per "
+                "sample."
+            )
         if reset:
             self._aux_discrete = self._is_discrete(y)
         if self._aux_discrete:
             return self._encode_labels(y, reset)
-        Y = check_array(y, ensure_2d=False, dtype=[np.float64, np.float32],
-                        input_name="y", ensure_min_samples=0)
+        Y = check_array(
+            y,
+            ensure_2d=False,
+            dtype=[np.float64, np.float32],
+            input_name="y",
+            ensure_min_samples=0,
+        )
         Y = Y.reshape(len(Y), -1)
         if reset:
             self.n_aux_features_ = Y.shape[1]
@@ -505,8 +539,10 @@ class IdentifiableVAE(LatentVariableModel):
             scale = Y.std(0)
             self._aux_scale = np.where(scale > 0, scale, 1.0)
         elif Y.shape[1] != self.n_aux_features_:
-            raise ValueError(f"y has {Y.shape[1]} columns, but {type(self).__name__} "
-                             f"was fitted with {self.n_aux_features_}.")
+            raise ValueError(
+                f"y has {Y.shape[1]} columns, but {type(self).__name__} "
+                f"was fitted with {self.n_aux_features_}."
+            )
         # Standardised: a raw time index in the thousands would saturate the
         # prior network.
         return (Y - self._aux_mean) / self._aux_scale
@@ -530,26 +566,32 @@ class IdentifiableVAE(LatentVariableModel):
         return len(np.unique(y)) <= len(y) // 2
 
     def _encode_labels(self, y, reset):
-        y = check_array(y, ensure_2d=False, dtype=None, input_name="y",
-                        ensure_min_samples=0)
+        y = check_array(
+            y, ensure_2d=False, dtype=None, input_name="y", ensure_min_samples=0
+        )
         if y.ndim == 2:
             if y.shape[1] != 1:
-                raise ValueError("Discrete u must be a single column of labels; got "
-                                 f"{y.shape[1]} columns.")
+                raise ValueError(
+                    "Discrete u must be a single column of labels; got "
+                    f"{y.shape[1]} columns."
+                )
             y = y.ravel()
         if y.dtype.kind == "c":
             raise ValueError("Complex data not supported for y.")
         if reset:
             self.classes_, codes = np.unique(y, return_inverse=True)
-            self.aux_class_weights_ = np.bincount(codes, minlength=len(self.classes_)
-                                                  ) / len(codes)
+            self.aux_class_weights_ = np.bincount(
+                codes, minlength=len(self.classes_)
+            ) / len(codes)
             return codes.astype(np.int64)
         codes = np.searchsorted(self.classes_, y)
         codes = np.clip(codes, 0, len(self.classes_) - 1)
         unseen = self.classes_[codes] != y
         if unseen.any():
-            raise ValueError(f"y contains labels not seen during fit: "
-                             f"{np.unique(y[unseen])[:5].tolist()}")
+            raise ValueError(
+                f"y contains labels not seen during fit: "
+                f"{np.unique(y[unseen])[:5].tolist()}"
+            )
         return codes.astype(np.int64)
 
     def _aux_tensor(self, codes, device):
@@ -579,8 +621,9 @@ class IdentifiableVAE(LatentVariableModel):
         """
         X = self._validate_X(X, reset=True)
         aux = self._check_aux(y, X.shape[0], reset=True)
-        self._prior_hidden = self._check_sizes(self.prior_hidden_layer_sizes,
-                                               "prior_hidden_layer_sizes")
+        self._prior_hidden = self._check_sizes(
+            self.prior_hidden_layer_sizes, "prior_hidden_layer_sizes"
+        )
         device = resolve_device(self.device)
         self._dtype = torch.float32 if X.dtype == np.float32 else torch.float64
         u = self._aux_tensor(aux, device)
@@ -618,50 +661,80 @@ class IdentifiableVAE(LatentVariableModel):
     def _check_sizes(self, sizes, name):
         sizes = tuple(np.atleast_1d(sizes).tolist()) if np.ndim(sizes) else (sizes,)
         if not all(isinstance(h, Integral) and h > 0 for h in sizes):
-            raise ValueError(f"{name} must be a tuple of positive integers (or () for "
-                             f"a linear map), got {sizes!r}.")
+            raise ValueError(
+                f"{name} must be a tuple of positive integers (or () for "
+                f"a linear map), got {sizes!r}."
+            )
         return tuple(int(h) for h in sizes)
 
     def _build_module(self, x):
         optimal = self._optimal_noise and self.noise_variance is None
         mode = "fixed" if optimal or self.noise_variance is not None else "shared"
         data_variance = float(x.var(0).mean()) if len(x) > 1 else 1.0
-        initial = max(data_variance, 1e-3) if self.noise_variance is None else self.noise_variance
+        initial = (
+            max(data_variance, 1e-3)
+            if self.noise_variance is None
+            else self.noise_variance
+        )
         if self._aux_discrete:
-            prior = ConditionalPrior(self.n_components, family=self.prior,
-                                     n_classes=len(self.classes_),
-                                     class_weights=self.aux_class_weights_)
+            prior = ConditionalPrior(
+                self.n_components,
+                family=self.prior,
+                n_classes=len(self.classes_),
+                class_weights=self.aux_class_weights_,
+            )
             n_aux_in = len(self.classes_)
         else:
-            prior = ConditionalPrior(self.n_components, family=self.prior,
-                                     n_aux=self.n_aux_features_,
-                                     hidden_layer_sizes=self._prior_hidden,
-                                     activation=self.activation)
+            prior = ConditionalPrior(
+                self.n_components,
+                family=self.prior,
+                n_aux=self.n_aux_features_,
+                hidden_layer_sizes=self._prior_hidden,
+                activation=self.activation,
+            )
             n_aux_in = self.n_aux_features_
         n_in = x.shape[1] + (n_aux_in if self.conditional_encoder else 0)
         residual = self._residual()
         if self.posterior_covariance == "full":
-            encoder = FullCovarianceGaussianEncoder(n_in, self.n_components, self._hidden,
-                                                    self.activation, residual=residual)
+            encoder = FullCovarianceGaussianEncoder(
+                n_in,
+                self.n_components,
+                self._hidden,
+                self.activation,
+                residual=residual,
+            )
         else:
             encoder = (ResidualGaussianEncoder if residual else GaussianEncoder)(
-                n_in, self.n_components, self._hidden, self.activation)
+                n_in, self.n_components, self._hidden, self.activation
+            )
         decoder = (ResidualGaussianDecoder if residual else GaussianDecoder)(
-            self.n_components, x.shape[1], self._hidden, self.activation, variance=mode,
-            noise_variance=initial, mean_init=x.mean(0))
+            self.n_components,
+            x.shape[1],
+            self._hidden,
+            self.activation,
+            variance=mode,
+            noise_variance=initial,
+            mean_init=x.mean(0),
+        )
         # Equal-weight random rules get independent nodes per row in training.
         independent = isinstance(self._integrator, (MonteCarlo, QMC))
-        return IdentifiableVAEModule(encoder, decoder, prior, self._integrator,
-                                     self.n_mc_samples,
-                                     conditional_encoder=self.conditional_encoder,
-                                     independent_rows=independent,
-                                     optimal_noise=optimal,
-                                     contrastive_weight=self.contrastive_weight)
+        return IdentifiableVAEModule(
+            encoder,
+            decoder,
+            prior,
+            self._integrator,
+            self.n_mc_samples,
+            conditional_encoder=self.conditional_encoder,
+            independent_rows=independent,
+            optimal_noise=optimal,
+            contrastive_weight=self.contrastive_weight,
+        )
 
     def _warm_epochs(self):
         """Epochs that train something other than the final model's ELBO."""
-        return max(math.ceil(self.kl_warmup),
-                   self.linear_warm_start if self._residual() else 0)
+        return max(
+            math.ceil(self.kl_warmup), self.linear_warm_start if self._residual() else 0
+        )
 
     def _residual(self):
         return self.linear_warm_start > 0 and len(self._hidden) > 0
@@ -671,22 +744,38 @@ class IdentifiableVAE(LatentVariableModel):
         monitor = "valid_loss" if self.early_stopping else "train_loss"
         start = self._warm_epochs()
         callbacks = [
-            (name, _EarlyStoppingAfter(
-                start, monitor=monitor, patience=self.n_iter_no_change,
-                threshold=self.tol, threshold_mode="abs",
-                load_best=self.early_stopping, sink=print if self.verbose else noop))
-            if name == "early_stopping" else (name, cb)
-            for name, cb in callbacks]
+            (
+                name,
+                _EarlyStoppingAfter(
+                    start,
+                    monitor=monitor,
+                    patience=self.n_iter_no_change,
+                    threshold=self.tol,
+                    threshold_mode="abs",
+                    load_best=self.early_stopping,
+                    sink=print if self.verbose else noop,
+                ),
+            )
+            if name == "early_stopping"
+            else (name, cb)
+            for name, cb in callbacks
+        ]
         extra = []
         if self._residual():
-            extra.append(("linear_warm_start", _LinearWarmStart(self.linear_warm_start)))
+            extra.append(
+                ("linear_warm_start", _LinearWarmStart(self.linear_warm_start))
+            )
         if self.kl_warmup > 0:
             extra.append(("kl_warmup", _KLWarmup(self.kl_warmup)))
         if self.learning_rate_schedule == "cosine":
             extra.append(("lr_schedule", _CosineLearningRate()))
         if self.max_grad_norm is not None:
-            extra.append(("gradient_clipping",
-                          GradientNormClipping(gradient_clip_value=self.max_grad_norm)))
+            extra.append(
+                (
+                    "gradient_clipping",
+                    GradientNormClipping(gradient_clip_value=self.max_grad_norm),
+                )
+            )
         return extra + callbacks
 
     # ---- fitted model --------------------------------------------------------
@@ -713,12 +802,15 @@ class IdentifiableVAE(LatentVariableModel):
         check_is_fitted(self)
         if self.conditional_encoder:
             if u is None:
-                raise ValueError("This IdentifiableVAE has conditional_encoder=True: "
-                                 "transform needs the auxiliary variable, "
-                                 "transform(X, u=...).")
+                raise ValueError(
+                    "This IdentifiableVAE has conditional_encoder=True: "
+                    "transform needs the auxiliary variable, "
+                    "transform(X, u=...)."
+                )
             aux = self._check_aux(u, _num_rows(X), reset=False)
-            return self._predict(X, self._transform_tensor,
-                                 u=self._aux_tensor(aux, self.device_))
+            return self._predict(
+                X, self._transform_tensor, u=self._aux_tensor(aux, self.device_)
+            )
         return self._predict(X, self._transform_tensor)
 
     def fit_transform(self, X, y=None):
@@ -747,12 +839,16 @@ class IdentifiableVAE(LatentVariableModel):
         device = self.device_
         if self._aux_discrete:
             u = torch.arange(len(self.classes_), device=device)
-            log_p = torch.log(torch.as_tensor(self.aux_class_weights_,
-                                              dtype=self._dtype, device=device))
+            log_p = torch.log(
+                torch.as_tensor(
+                    self.aux_class_weights_, dtype=self._dtype, device=device
+                )
+            )
         else:
             u = torch.as_tensor(self._aux_reference, dtype=self._dtype, device=device)
-            log_p = torch.full((len(u),), -math.log(len(u)), dtype=self._dtype,
-                               device=device)
+            log_p = torch.full(
+                (len(u),), -math.log(len(u)), dtype=self._dtype, device=device
+            )
         return u, log_p
 
     def _marginal_tensor(self, x, rule, per_aux):
@@ -767,11 +863,17 @@ class IdentifiableVAE(LatentVariableModel):
         if not module.conditional_encoder:
             mean, spread = module.encode(x)
             rec = module.reconstruction(x, mean, spread, rule)  # (B,)
-            kl = module.prior.kl(mean.unsqueeze(1),
-                                 posterior_marginal_variance(spread).unsqueeze(1), loc, var)
+            kl = module.prior.kl(
+                mean.unsqueeze(1),
+                posterior_marginal_variance(spread).unsqueeze(1),
+                loc,
+                var,
+            )
             return (rec - posterior_total_correlation(spread)).unsqueeze(1) - kl
-        cols = [module.elbo(x, u[k].expand(len(x), *u.shape[1:]), rule)
-                for k in range(len(u))]
+        cols = [
+            module.elbo(x, u[k].expand(len(x), *u.shape[1:]), rule)
+            for k in range(len(u))
+        ]
         return torch.stack(cols, dim=1)
 
     def score_samples(self, X, y=None):
@@ -800,8 +902,9 @@ class IdentifiableVAE(LatentVariableModel):
         if y is None:
             return self._predict(X, self._score_samples_tensor, rule)
         aux = self._check_aux(y, _num_rows(X), reset=False)
-        return self._predict(X, self._score_samples_tensor, rule,
-                             u=self._aux_tensor(aux, self.device_))
+        return self._predict(
+            X, self._score_samples_tensor, rule, u=self._aux_tensor(aux, self.device_)
+        )
 
     def score(self, X, y=None):
         """Mean of :meth:`score_samples`: the mean ELBO per sample.
@@ -844,7 +947,9 @@ class IdentifiableVAE(LatentVariableModel):
         check_is_fitted(self)
         n_samples = max(self.n_nodes, 1024) if n_samples is None else n_samples
         if not isinstance(n_samples, Integral) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
+            raise ValueError(
+                f"n_samples must be a positive integer, got {n_samples!r}."
+            )
         rule = self._evaluation_rule(self.n_components, n_samples)
         X = self._validate_X(X, reset=False)
         extras = {}
@@ -855,9 +960,15 @@ class IdentifiableVAE(LatentVariableModel):
         chunk = max(1, _IW_CHUNK_ELEMENTS // (n_nodes * X.shape[1]))
         if y is None:
             chunk = max(1, chunk // len(self._reference()[0]))
-        parts = [self._predict(X[s:s + chunk], self._log_likelihood_tensor, rule,
-                               **{k: v[s:s + chunk] for k, v in extras.items()})
-                 for s in range(0, X.shape[0], chunk)]
+        parts = [
+            self._predict(
+                X[s : s + chunk],
+                self._log_likelihood_tensor,
+                rule,
+                **{k: v[s : s + chunk] for k, v in extras.items()},
+            )
+            for s in range(0, X.shape[0], chunk)
+        ]
         return np.concatenate(parts) if parts else np.empty(0, X.dtype)
 
     def _log_likelihood_tensor(self, x, rule, u=None):
@@ -870,14 +981,18 @@ class IdentifiableVAE(LatentVariableModel):
         mean, spread = module.encode(x, u)
         z = posterior_points(mean, spread, rule.nodes)  # (B, K, m)
         loc, var = module.prior(u)
-        log_ratio = (module.decoder.log_prob(x.unsqueeze(1), z)
-                     + module.prior.log_prob(z, loc.unsqueeze(1), var.unsqueeze(1))
-                     - posterior_log_prob(z, mean, spread))
+        log_ratio = (
+            module.decoder.log_prob(x.unsqueeze(1), z)
+            + module.prior.log_prob(z, loc.unsqueeze(1), var.unsqueeze(1))
+            - posterior_log_prob(z, mean, spread)
+        )
         return signed_logsumexp(log_ratio + rule.log_weights, rule.signs, dim=1)
 
     def _iw_per_aux(self, x, u, rule):
-        cols = [self._iw_given_aux(x, u[k].expand(len(x), *u.shape[1:]), rule)
-                for k in range(len(u))]
+        cols = [
+            self._iw_given_aux(x, u[k].expand(len(x), *u.shape[1:]), rule)
+            for k in range(len(u))
+        ]
         return torch.stack(cols, dim=1)
 
     def _sample_latent(self, n_samples, u=None):
@@ -927,5 +1042,3 @@ class IdentifiableVAE(LatentVariableModel):
 
 def _num_rows(X):
     return X.shape[0] if hasattr(X, "shape") else len(X)
-
-

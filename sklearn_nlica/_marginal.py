@@ -451,7 +451,7 @@ def posterior_mean(x, decoder, rule, noise_variance, *, chunk_size=None):
     _check_rule(x, rule)
     parts = []
     with torch.no_grad():
-        for rows, cols, nodes, _, r in _weight_blocks(
+        for _rows, _cols, nodes, _, r in _weight_blocks(
             x, decoder, rule, noise_variance, chunk_size
         ):
             nodes = nodes.to(r.dtype)

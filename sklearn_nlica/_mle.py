@@ -7,8 +7,18 @@ import torch
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from ._base import LatentVariableModel
-from ._marginal import em_surrogate, gaussian_log_integrand, posterior_mean, signed_logsumexp
-from ._modules import MIN_VARIANCE, GaussianDecoder, MarginalLikelihood, inverse_positive
+from ._marginal import (
+    em_surrogate,
+    gaussian_log_integrand,
+    posterior_mean,
+    signed_logsumexp,
+)
+from ._modules import (
+    MIN_VARIANCE,
+    GaussianDecoder,
+    MarginalLikelihood,
+    inverse_positive,
+)
 from ._net import ObjectiveNet
 from .integrators import DEFAULT_INTEGRATOR, DEFAULT_N_NODES
 
@@ -47,7 +57,8 @@ def e_step(x, model, rule):
         # Undo log N = -(||x - g||^2 / sigma^2 + n log(2 pi sigma^2)) / 2.
         n_features = x.shape[1]
         sq_dist = -2.0 * variance * loglik - n_features * variance * torch.log(
-            2.0 * np.pi * variance)
+            2.0 * np.pi * variance
+        )
         residual = (weights * sq_dist).sum(1)
     return log_p, weights, residual
 
@@ -176,12 +187,17 @@ class EMNet(ObjectiveNet):
 
     def run_single_epoch(self, iterator, training, prefix, step_fn, **fit_params):
         if not training or iterator is None:
-            return super().run_single_epoch(iterator, training, prefix, step_fn,
-                                            **fit_params)
+            return super().run_single_epoch(
+                iterator, training, prefix, step_fn, **fit_params
+            )
         decoder = self.module_.decoder
         x = iterator.dataset.x
-        self.statistics_ = EStepStatistics(self.module_.n_components, x.shape[1],
-                                           x.mean(0), linear=not len(decoder.hidden))
+        self.statistics_ = EStepStatistics(
+            self.module_.n_components,
+            x.shape[1],
+            x.mean(0),
+            linear=not len(decoder.hidden),
+        )
         super().run_single_epoch(iterator, training, prefix, step_fn, **fit_params)
         statistics = self.statistics_
         del self.statistics_
@@ -193,7 +209,8 @@ class EMNet(ObjectiveNet):
                 decoder.out.bias.copy_(bias)
             if isinstance(decoder.raw_noise_variance, torch.nn.Parameter):
                 decoder.raw_noise_variance.fill_(
-                    inverse_positive(max(float(noise_variance), MIN_VARIANCE)))
+                    inverse_positive(max(float(noise_variance), MIN_VARIANCE))
+                )
         standardise_latent(decoder, *statistics.latent_moments())
 
     def train_step(self, batch, **fit_params):
@@ -205,18 +222,26 @@ class EMNet(ObjectiveNet):
         log_p, weights, residual = e_step(x, model, rule)
         self.statistics_.add(x, rule.nodes, weights, residual)
         closed_form = self._closed_form()
-        steps = [p for name, p in model.named_parameters()
-                 if p.requires_grad and name not in closed_form]
+        steps = [
+            p
+            for name, p in model.named_parameters()
+            if p.requires_grad and name not in closed_form
+        ]
         for _ in range(self.n_m_steps if steps else 0):
             self.optimizer_.zero_grad()
-            surrogate = em_surrogate(x, model.mean, rule, model.noise_variance(),
-                                     weights=weights)
+            surrogate = em_surrogate(
+                x, model.mean, rule, model.noise_variance(), weights=weights
+            )
             (-surrogate.mean()).backward()
             for name, param in model.named_parameters():
                 if name in closed_form:
                     param.grad = None
-            self.notify("on_grad_computed", batch=batch, training=True,
-                        named_parameters=list(self.get_all_learnable_params()))
+            self.notify(
+                "on_grad_computed",
+                batch=batch,
+                training=True,
+                named_parameters=list(self.get_all_learnable_params()),
+            )
             self.optimizer_.step()
         # The history records log p(x) at the E-step's parameters.
         return {"loss": -log_p.mean().to(x.dtype), "y_pred": log_p.to(x.dtype)}
@@ -373,14 +398,31 @@ class NonlinearICAMLE(LatentVariableModel):
         "n_m_steps": [Interval(Integral, 1, None, closed="left")],
     }
 
-    def __init__(self, n_components=2, *, hidden_layer_sizes=(64, 64),
-                 activation="leaky_relu", noise_variance=None,
-                 integrator=DEFAULT_INTEGRATOR, n_nodes=DEFAULT_N_NODES,
-                 gradient="autograd", solver="em", noise_learning_rate=None,
-                 n_m_steps=5, max_iter=200, tol=1e-4, n_iter_no_change=10,
-                 early_stopping=False, validation_fraction=0.1, batch_size="auto",
-                 learning_rate_init=1e-3, device="cpu", random_state=None, verbose=0,
-                 callbacks=None):
+    def __init__(
+        self,
+        n_components=2,
+        *,
+        hidden_layer_sizes=(64, 64),
+        activation="leaky_relu",
+        noise_variance=None,
+        integrator=DEFAULT_INTEGRATOR,
+        n_nodes=DEFAULT_N_NODES,
+        gradient="autograd",
+        solver="em",
+        noise_learning_rate=None,
+        n_m_steps=5,
+        max_iter=200,
+        tol=1e-4,
+        n_iter_no_change=10,
+        early_stopping=False,
+        validation_fraction=0.1,
+        batch_size="auto",
+        learning_rate_init=1e-3,
+        device="cpu",
+        random_state=None,
+        verbose=0,
+        callbacks=None,
+    ):
         self.n_components = n_components
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -406,12 +448,21 @@ class NonlinearICAMLE(LatentVariableModel):
     def _build_module(self, x):
         fixed = self.noise_variance is not None
         decoder = GaussianDecoder(
-            self.n_components, x.shape[1], self._hidden, self.activation,
+            self.n_components,
+            x.shape[1],
+            self._hidden,
+            self.activation,
             variance="fixed" if fixed else "shared",
             noise_variance=self.noise_variance if fixed else _initial_noise_variance(x),
-            mean_init=x.mean(0))
-        return MarginalLikelihood(decoder, self.n_components, self._integrator,
-                                  self.n_nodes, gradient=self.gradient)
+            mean_init=x.mean(0),
+        )
+        return MarginalLikelihood(
+            decoder,
+            self.n_components,
+            self._integrator,
+            self.n_nodes,
+            gradient=self.gradient,
+        )
 
     # The mean g's parameters and sigma^2 (Algorithm 1 alternates between them).
     _MEAN_PARAMS = ("decoder.hidden.", "decoder.out.")
@@ -432,7 +483,8 @@ class NonlinearICAMLE(LatentVariableModel):
             kwargs["n_m_steps"] = self.n_m_steps
         if self.solver == "alternating" and self.noise_learning_rate is not None:
             kwargs["optimizer__param_groups"] = [
-                ("decoder.raw_noise_variance", {"lr": self.noise_learning_rate})]
+                ("decoder.raw_noise_variance", {"lr": self.noise_learning_rate})
+            ]
         return kwargs
 
     def _rule_for(self, x):

@@ -69,8 +69,9 @@ def initial_noise_variance(x, n_components):
     floor = max(1e-3 * total / n_features, 1e-6)
     if n_components >= min(n_samples - 1, n_features):
         return floor
-    _, singular, _ = torch.svd_lowrank(centred, q=min(n_components + 10, min(x.shape)),
-                                       niter=4)
+    _, singular, _ = torch.svd_lowrank(
+        centred, q=min(n_components + 10, min(x.shape)), niter=4
+    )
     explained = float(singular[:n_components].square().sum()) / (n_samples - 1)
     return max((total - explained) / (n_features - n_components), floor)
 
@@ -118,8 +119,16 @@ class GaussianDecoder(nn.Module):
     z itself for a linear decoder).
     """
 
-    def __init__(self, n_components, n_features, hidden_layer_sizes, activation,
-                 variance="shared", noise_variance=1.0, mean_init=None):
+    def __init__(
+        self,
+        n_components,
+        n_features,
+        hidden_layer_sizes,
+        activation,
+        variance="shared",
+        noise_variance=1.0,
+        mean_init=None,
+    ):
         super().__init__()
         self.variance = variance
         self.hidden, width = make_trunk(n_components, hidden_layer_sizes, activation)
@@ -163,8 +172,9 @@ class VAE(nn.Module):
     the reconstruction term with the REINFORCE estimator (same value).
     """
 
-    def __init__(self, encoder, decoder, integrator, n_nodes,
-                 gradient="reparameterization"):
+    def __init__(
+        self, encoder, decoder, integrator, n_nodes, gradient="reparameterization"
+    ):
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
@@ -174,8 +184,9 @@ class VAE(nn.Module):
 
     def forward(self, x):
         n_components = self.encoder.mean.out_features
-        rule = self.integrator.rule(n_components, self.n_nodes, dtype=x.dtype,
-                                    device=x.device)
+        rule = self.integrator.rule(
+            n_components, self.n_nodes, dtype=x.dtype, device=x.device
+        )
         return self.elbo(x, rule)
 
     def elbo(self, x, rule):
@@ -189,7 +200,8 @@ class VAE(nn.Module):
         reconstruction = log_lik @ weights
         if self.gradient == "score_function":
             reconstruction = reconstruction + _score_function_term(
-                log_lik, z, mean, variance, weights)
+                log_lik, z, mean, variance, weights
+            )
         return reconstruction - kl_diag_standard(mean, variance)
 
 
@@ -221,7 +233,7 @@ PRIOR_FAMILIES = ("gaussian", "variance", "laplace")
 
 
 def bounded_log_variance(raw, bound=PRIOR_LOG_VARIANCE_BOUND):
-    """``bound * tanh(raw / bound)``: the identity near 0, smooth, in (-bound, bound)."""
+    """``bound * tanh(raw / bound)``: the identity near 0, smooth, bounded."""
     return bound * torch.tanh(raw / bound)
 
 
@@ -245,14 +257,24 @@ class ConditionalPrior(nn.Module):
     ``PRIOR_LOG_VARIANCE_BOUND``).
     """
 
-    def __init__(self, n_components, *, family="gaussian", n_classes=None, n_aux=None,
-                 hidden_layer_sizes=(), activation="leaky_relu", class_weights=None):
+    def __init__(
+        self,
+        n_components,
+        *,
+        family="gaussian",
+        n_classes=None,
+        n_aux=None,
+        hidden_layer_sizes=(),
+        activation="leaky_relu",
+        class_weights=None,
+    ):
         super().__init__()
         if family not in PRIOR_FAMILIES:
             raise ValueError(f"family must be one of {PRIOR_FAMILIES}, got {family!r}.")
         if (n_classes is None) == (n_aux is None):
-            raise ValueError("Give exactly one of n_classes (discrete u) and n_aux "
-                             "(continuous u).")
+            raise ValueError(
+                "Give exactly one of n_classes (discrete u) and n_aux (continuous u)."
+            )
         self.n_components = n_components
         self.family = family
         self.discrete = n_classes is not None
@@ -262,8 +284,11 @@ class ConditionalPrior(nn.Module):
         if self.discrete:
             self.table = nn.Embedding(n_classes, n_params)
             nn.init.zeros_(self.table.weight)
-            weights = (torch.full((n_classes,), 1.0 / n_classes) if class_weights is None
-                       else torch.as_tensor(class_weights, dtype=torch.get_default_dtype()))
+            weights = (
+                torch.full((n_classes,), 1.0 / n_classes)
+                if class_weights is None
+                else torch.as_tensor(class_weights, dtype=torch.get_default_dtype())
+            )
             self.register_buffer("log_class_weights", torch.log(weights))
         else:
             self.net = make_mlp(n_aux, hidden_layer_sizes, n_params, activation)
@@ -300,7 +325,7 @@ class ConditionalPrior(nn.Module):
         return kl_diag_diag(mean_q, variance_q, loc, variance)
 
     def log_prob(self, z, loc, variance):
-        """log p(z | u) for the prior with these parameters, summed over z's last axis."""
+        """log p(z | u) for the prior with these parameters, summed over z's axis."""
         if self.family == "laplace":
             return log_laplace_diag(z, loc, (0.5 * variance).sqrt())
         return log_normal_diag(z, loc, variance)
@@ -313,7 +338,9 @@ class ConditionalPrior(nn.Module):
         # The Gaussian is linear in its sufficient statistics (z, z^2): two
         # matrix products instead of a (B, C, m) broadcast.
         precision = 1.0 / variance
-        constant = -0.5 * (LOG_2PI + torch.log(variance) + loc.square() * precision).sum(-1)
+        constant = -0.5 * (
+            LOG_2PI + torch.log(variance) + loc.square() * precision
+        ).sum(-1)
         return z @ (loc * precision).T - 0.5 * z.square() @ precision.T + constant
 
     def log_posterior(self, z, u, loc, variance):
@@ -326,7 +353,10 @@ class ConditionalPrior(nn.Module):
         estimate, which needs batches of more than one row.
         """
         if self.discrete:
-            table = self.log_prob_table(z, *self.table_parameters()) + self.log_class_weights
+            table = (
+                self.log_prob_table(z, *self.table_parameters())
+                + self.log_class_weights
+            )
             return table.log_softmax(dim=1).gather(1, u.unsqueeze(1)).squeeze(1)
         table = self.log_prob_table(z, loc, variance)
         return table.diagonal() - torch.logsumexp(table, dim=1) + math.log(len(z))
@@ -342,7 +372,8 @@ class ConditionalPrior(nn.Module):
             e = torch.rand_like(loc) - 0.5
             # Inverse CDF; the clamp keeps log1p away from log(0).
             return loc - scale * e.sign() * torch.log1p(
-                -2.0 * e.abs().clamp(max=0.5 - 1e-12))
+                -2.0 * e.abs().clamp(max=0.5 - 1e-12)
+            )
         return loc + variance.sqrt() * torch.randn_like(loc)
 
 
@@ -357,13 +388,15 @@ class FullCovarianceGaussianEncoder(nn.Module):
     1. ``forward`` returns the mean (B, m) and L (B, m, m).
     """
 
-    def __init__(self, n_in, n_components, hidden_layer_sizes, activation,
-                 residual=False):
+    def __init__(
+        self, n_in, n_components, hidden_layer_sizes, activation, residual=False
+    ):
         super().__init__()
         self.trunk, width = make_trunk(n_in, hidden_layer_sizes, activation)
         self.mean = nn.Linear(width, n_components)
-        self.skip = _zero_nonlinear_branch(self.mean, n_in, n_components, residual,
-                                           bias=True)
+        self.skip = _zero_nonlinear_branch(
+            self.mean, n_in, n_components, residual, bias=True
+        )
         self.raw_variance = nn.Linear(width, n_components)
         nn.init.zeros_(self.raw_variance.weight)
         nn.init.constant_(self.raw_variance.bias, inverse_positive(1.0))
@@ -383,7 +416,9 @@ class FullCovarianceGaussianEncoder(nn.Module):
         m = scale.shape[-1]
         tril = torch.zeros(*scale.shape, m, dtype=scale.dtype, device=scale.device)
         if self.off_diagonal is not None:
-            tril[..., self.rows, self.cols] = self.off_diagonal(h) * scale[..., self.cols]
+            tril[..., self.rows, self.cols] = (
+                self.off_diagonal(h) * scale[..., self.cols]
+            )
         mean = self.mean(h) if self.skip is None else self.mean(h) + self.skip(x)
         return mean, tril + torch.diag_embed(scale)
 
@@ -417,12 +452,15 @@ class ResidualGaussianDecoder(GaussianDecoder):
     ``out``'s weights starting at zero: a linear decoder that can grow
     nonlinear."""
 
-    def __init__(self, n_components, n_features, hidden_layer_sizes, activation,
-                 **kwargs):
-        super().__init__(n_components, n_features, hidden_layer_sizes, activation,
-                         **kwargs)
-        self.skip = _zero_nonlinear_branch(self.out, n_components, n_features, True,
-                                           False)
+    def __init__(
+        self, n_components, n_features, hidden_layer_sizes, activation, **kwargs
+    ):
+        super().__init__(
+            n_components, n_features, hidden_layer_sizes, activation, **kwargs
+        )
+        self.skip = _zero_nonlinear_branch(
+            self.out, n_components, n_features, True, False
+        )
 
     def forward(self, z):
         mean, variance = super().forward(z)
@@ -431,8 +469,12 @@ class ResidualGaussianDecoder(GaussianDecoder):
 
 # Parameters of the nonlinear branches of the residual encoders and decoders:
 # frozen, they leave a linear model (see IdentifiableVAE's linear warm start).
-NONLINEAR_BRANCHES = ("encoder.trunk.", "encoder.mean.", "decoder.hidden.",
-                      "decoder.out.weight")
+NONLINEAR_BRANCHES = (
+    "encoder.trunk.",
+    "encoder.mean.",
+    "decoder.hidden.",
+    "decoder.out.weight",
+)
 
 
 def _is_full(spread):
@@ -499,9 +541,18 @@ class IdentifiableVAEModule(nn.Module):
     training objective.
     """
 
-    def __init__(self, encoder, decoder, prior, integrator, n_nodes,
-                 conditional_encoder=False, independent_rows=False, optimal_noise=False,
-                 contrastive_weight=0.0):
+    def __init__(
+        self,
+        encoder,
+        decoder,
+        prior,
+        integrator,
+        n_nodes,
+        conditional_encoder=False,
+        independent_rows=False,
+        optimal_noise=False,
+        contrastive_weight=0.0,
+    ):
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
@@ -538,7 +589,9 @@ class IdentifiableVAEModule(nn.Module):
         weights = signed_weights(rule)
 
         def expect(values):  # (B, K) -> (B,)
-            return values @ weights if weights.dim() == 1 else (values * weights).sum(-1)
+            return (
+                values @ weights if weights.dim() == 1 else (values * weights).sum(-1)
+            )
 
         if not (self.optimal_noise and self.training):
             return expect(self.decoder.log_prob(x.unsqueeze(1), z))
@@ -548,26 +601,30 @@ class IdentifiableVAEModule(nn.Module):
         # ELBO is stationary in sigma^2 there), kept in the decoder's buffer.
         noise = (squared.detach().mean() / x.shape[-1]).clamp(min=MIN_VARIANCE)
         with torch.no_grad():
-            self.decoder.raw_noise_variance.copy_(noise + torch.log(-torch.expm1(-noise)))
+            self.decoder.raw_noise_variance.copy_(
+                noise + torch.log(-torch.expm1(-noise))
+            )
         n = x.shape[-1]
         return -0.5 * (n * (LOG_2PI + torch.log(noise)) + squared / noise)
 
     def kl(self, mean, spread, loc, prior_variance):
         """KL(q || p(z | u)) in closed form, for a diagonal or full q."""
-        return (self.prior.kl(mean, posterior_marginal_variance(spread), loc,
-                              prior_variance)
-                + posterior_total_correlation(spread))
+        return self.prior.kl(
+            mean, posterior_marginal_variance(spread), loc, prior_variance
+        ) + posterior_total_correlation(spread)
 
     def objective(self, x, u, rule, kl_weight=1.0, contrastive_weight=0.0):
         """Per sample: E_q[log p(x | z)] - kl_weight * KL(q || p(z | u))
         + contrastive_weight * log p(u | E_q[z])."""
         mean, spread = self.encode(x, u)
         loc, prior_variance = self.prior(u)
-        objective = (self.reconstruction(x, mean, spread, rule)
-                     - kl_weight * self.kl(mean, spread, loc, prior_variance))
+        objective = self.reconstruction(x, mean, spread, rule) - kl_weight * self.kl(
+            mean, spread, loc, prior_variance
+        )
         if contrastive_weight:
             objective = objective + contrastive_weight * self.prior.log_posterior(
-                mean, u, loc, prior_variance)
+                mean, u, loc, prior_variance
+            )
         return objective
 
     def elbo(self, x, u, rule):
@@ -603,11 +660,17 @@ class MarginalLikelihood(nn.Module):
         """Nodes for the rows of ``x``: shared, or on each row's posterior."""
         log_integrand = None
         if self.integrator.is_adaptive:
-            log_integrand = gaussian_log_integrand(x, self.mean,
-                                                   self.noise_variance().detach())
-        return self.integrator.rule(self.n_components, n_nodes or self.n_nodes,
-                                    dtype=x.dtype, device=x.device, generator=generator,
-                                    log_integrand=log_integrand)
+            log_integrand = gaussian_log_integrand(
+                x, self.mean, self.noise_variance().detach()
+            )
+        return self.integrator.rule(
+            self.n_components,
+            n_nodes or self.n_nodes,
+            dtype=x.dtype,
+            device=x.device,
+            generator=generator,
+            log_integrand=log_integrand,
+        )
 
     def log_likelihood(self, x, rule):
         return log_marginal(x, self.mean, rule, self.noise_variance())
@@ -636,7 +699,10 @@ def shift_rows(rule, n_rows):
     nodes = rule.nodes
     eps = torch.finfo(nodes.dtype).eps
     uniform = torch.special.ndtr(nodes)
-    shift = torch.rand(n_rows, 1, nodes.shape[-1], dtype=nodes.dtype, device=nodes.device)
+    shift = torch.rand(
+        n_rows, 1, nodes.shape[-1], dtype=nodes.dtype, device=nodes.device
+    )
     uniform = torch.remainder(uniform + shift, 1.0).clamp(eps, 1.0 - eps)
-    return type(rule)(torch.special.ndtri(uniform),
-                      rule.log_weights.expand(n_rows, -1), None)
+    return type(rule)(
+        torch.special.ndtri(uniform), rule.log_weights.expand(n_rows, -1), None
+    )

@@ -31,8 +31,9 @@ class TensorData:
         return len(self.x)
 
     def take(self, index):
-        return TensorData(self.x[index],
-                          **{k: v[index] for k, v in self.extras.items()})
+        return TensorData(
+            self.x[index], **{k: v[index] for k, v in self.extras.items()}
+        )
 
     def as_input(self):
         """What the module's ``forward`` receives: a tensor, or a dict of them."""
@@ -77,11 +78,12 @@ class HoldOut:
 
     def __call__(self, dataset, y=None, **kwargs):
         n = len(dataset)
-        n_valid = max(1, int(round(self.validation_fraction * n)))
+        n_valid = max(1, round(self.validation_fraction * n))
         if n - n_valid < 1:
             raise ValueError(
                 f"validation_fraction={self.validation_fraction} leaves no training "
-                f"sample out of {n}; use more samples or early_stopping=False.")
+                f"sample out of {n}; use more samples or early_stopping=False."
+            )
         order = torch.randperm(n).to(dataset.x.device)
         return dataset.take(order[n_valid:]), dataset.take(order[:n_valid])
 
@@ -96,7 +98,8 @@ class RaiseOnNonFinite(Callback):
             raise FloatingPointError(
                 f"The training objective became {loss.item()} in epoch {epoch}. "
                 "Lower learning_rate_init, standardise X (e.g. StandardScaler), "
-                "fix noise_variance to a larger value, or use float64 input.")
+                "fix noise_variance to a larger value, or use float64 input."
+            )
 
 
 class EpochProgressBar(Callback):
@@ -170,7 +173,11 @@ class ObjectiveNet(NeuralNet):
             for name, param in self.module_.named_parameters():
                 if not name.startswith(prefix):
                     param.grad = None
-            self.notify("on_grad_computed", batch=batch, training=True,
-                        named_parameters=TeeGenerator(self.get_all_learnable_params()))
+            self.notify(
+                "on_grad_computed",
+                batch=batch,
+                training=True,
+                named_parameters=TeeGenerator(self.get_all_learnable_params()),
+            )
             self.optimizer_.step()
         return step

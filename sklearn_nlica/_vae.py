@@ -146,13 +146,31 @@ class VAEICA(LatentVariableModel):
         "gradient": [StrOptions({"reparameterization", "score_function"})],
     }
 
-    def __init__(self, n_components=2, *, hidden_layer_sizes=(64, 64),
-                 activation="leaky_relu", noise_variance=None,
-                 decoder_variance="shared", integrator="qmc", n_mc_samples=1,
-                 n_nodes=256, update="joint", gradient="reparameterization",
-                 max_iter=200, tol=1e-4, n_iter_no_change=10, early_stopping=False,
-                 validation_fraction=0.1, batch_size="auto", learning_rate_init=1e-3,
-                 device="cpu", random_state=None, verbose=0, callbacks=None):
+    def __init__(
+        self,
+        n_components=2,
+        *,
+        hidden_layer_sizes=(64, 64),
+        activation="leaky_relu",
+        noise_variance=None,
+        decoder_variance="shared",
+        integrator="qmc",
+        n_mc_samples=1,
+        n_nodes=256,
+        update="joint",
+        gradient="reparameterization",
+        max_iter=200,
+        tol=1e-4,
+        n_iter_no_change=10,
+        early_stopping=False,
+        validation_fraction=0.1,
+        batch_size="auto",
+        learning_rate_init=1e-3,
+        device="cpu",
+        random_state=None,
+        verbose=0,
+        callbacks=None,
+    ):
         self.n_components = n_components
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -178,22 +196,39 @@ class VAEICA(LatentVariableModel):
     def _decoder_variance_mode(self):
         if self.decoder_variance == "per_sample":
             if self.noise_variance is not None:
-                raise ValueError("decoder_variance='per_sample' learns the variance: "
-                                 "noise_variance must be None.")
+                raise ValueError(
+                    "decoder_variance='per_sample' learns the variance: "
+                    "noise_variance must be None."
+                )
             return "per_sample"
         return "shared" if self.noise_variance is None else "fixed"
 
     def _build_module(self, x):
         mode = self._decoder_variance_mode()
-        initial = (self.noise_variance if mode == "fixed"
-                   else initial_noise_variance(x, self.n_components))
-        encoder = GaussianEncoder(x.shape[1], self.n_components, self._hidden,
-                                  self.activation)
-        decoder = GaussianDecoder(self.n_components, x.shape[1], self._hidden,
-                                  self.activation, variance=mode,
-                                  noise_variance=initial, mean_init=x.mean(0))
-        return VAE(encoder, decoder, self._integrator, self.n_mc_samples,
-                   gradient=self.gradient)
+        initial = (
+            self.noise_variance
+            if mode == "fixed"
+            else initial_noise_variance(x, self.n_components)
+        )
+        encoder = GaussianEncoder(
+            x.shape[1], self.n_components, self._hidden, self.activation
+        )
+        decoder = GaussianDecoder(
+            self.n_components,
+            x.shape[1],
+            self._hidden,
+            self.activation,
+            variance=mode,
+            noise_variance=initial,
+            mean_init=x.mean(0),
+        )
+        return VAE(
+            encoder,
+            decoder,
+            self._integrator,
+            self.n_mc_samples,
+            gradient=self.gradient,
+        )
 
     def _alternating_groups(self):
         return ["encoder.", "decoder."] if self.update == "alternating" else None
@@ -257,19 +292,25 @@ class VAEICA(LatentVariableModel):
         check_is_fitted(self)
         n_samples = max(self.n_nodes, 1024) if n_samples is None else n_samples
         if not isinstance(n_samples, Integral) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
+            raise ValueError(
+                f"n_samples must be a positive integer, got {n_samples!r}."
+            )
         rule = self._evaluation_rule(self.n_components, n_samples)
         X = self._validate_X(X, reset=False)
         n_nodes = rule.nodes.shape[0]
         chunk = max(1, _IW_CHUNK_ELEMENTS // (n_nodes * X.shape[1]))
-        parts = [self._predict(X[start:start + chunk], self._log_likelihood_tensor, rule)
-                 for start in range(0, X.shape[0], chunk)]
+        parts = [
+            self._predict(X[start : start + chunk], self._log_likelihood_tensor, rule)
+            for start in range(0, X.shape[0], chunk)
+        ]
         return np.concatenate(parts) if parts else np.empty(0, X.dtype)
 
     def _log_likelihood_tensor(self, x, rule):
         mean, variance = self.module_.encoder(x)
         z = mean.unsqueeze(1) + variance.sqrt().unsqueeze(1) * rule.nodes
-        log_ratio = (self.module_.decoder.log_prob(x.unsqueeze(1), z)
-                     + log_standard_normal(z)
-                     - log_normal_diag(z, mean.unsqueeze(1), variance.unsqueeze(1)))
+        log_ratio = (
+            self.module_.decoder.log_prob(x.unsqueeze(1), z)
+            + log_standard_normal(z)
+            - log_normal_diag(z, mean.unsqueeze(1), variance.unsqueeze(1))
+        )
         return signed_logsumexp(log_ratio + rule.log_weights, rule.signs, dim=1)

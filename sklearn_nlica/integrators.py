@@ -458,7 +458,7 @@ def _multi_indices(n_dims, max_sum):
         return
     for i in range(1, max_sum - n_dims + 2):
         for rest in _multi_indices(n_dims - 1, max_sum - i):
-            yield (i,) + rest
+            yield (i, *rest)
 
 
 _SPARSE_CACHE = {}

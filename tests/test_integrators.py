@@ -223,7 +223,7 @@ def test_smolyak_exact_to_total_degree_2k_minus_1(univariate, n_dims, level, dat
             st.lists(st.integers(0, degree), min_size=n_dims - 1, max_size=n_dims - 1)
         )
     )
-    powers = np.diff([0] + cuts + [degree]).tolist()  # total degree = degree
+    powers = np.diff([0, *cuts, degree]).tolist()  # total degree = degree
     expected = gaussian_moment(powers)
     assert integrate_monomial(rule, powers) == pytest.approx(
         expected, rel=1e-9, abs=1e-9
@@ -426,7 +426,9 @@ def test_default_rule_on_bimodal_two_dimensional_posteriors():
     z = torch.randn(40, 2, generator=gen, dtype=torch.float64)
 
     def decoder(z):
-        return torch.stack([z[..., 0] ** 2 - z[..., 1] ** 2, 2 * z[..., 0] * z[..., 1]], -1)
+        return torch.stack(
+            [z[..., 0] ** 2 - z[..., 1] ** 2, 2 * z[..., 0] * z[..., 1]], -1
+        )
 
     x = decoder(z) + 0.1 * torch.randn(40, 2, generator=gen, dtype=torch.float64)
     fine = Grid(half_width=6.0).rule(2, 1200**2)

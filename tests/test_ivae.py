@@ -39,8 +39,9 @@ FAST = {"max_iter": 4, "linear_warm_start": 2, "hidden_layer_sizes": (16,)}
 
 
 def segmented(n_segments=10, n_per_segment=60, n_components=2, seed=0, **kwargs):
-    return make_segmented_sources(n_segments, n_per_segment, n_components,
-                                  random_state=seed, **kwargs)
+    return make_segmented_sources(
+        n_segments, n_per_segment, n_components, random_state=seed, **kwargs
+    )
 
 
 @pytest.fixture(scope="module")
@@ -72,25 +73,38 @@ def test_full_covariance_kl_matches_torch(m, seed):
     g = torch.Generator().manual_seed(seed)
     mean, loc = torch.randn(3, m, generator=g), torch.randn(3, m, generator=g)
     tril = torch.randn(3, m, m, generator=g).tril(-1) + torch.diag_embed(
-        torch.rand(3, m, generator=g) + 0.2)
+        torch.rand(3, m, generator=g) + 0.2
+    )
     variance = torch.rand(3, m, generator=g) + 0.1
     marginal = tril.square().sum(-1)
-    ours = kl_diag_diag(mean, marginal, loc, variance) + posterior_total_correlation(tril)
-    expected = kl_divergence(MultivariateNormal(mean, scale_tril=tril),
-                             MultivariateNormal(loc, torch.diag_embed(variance)))
+    ours = kl_diag_diag(mean, marginal, loc, variance) + posterior_total_correlation(
+        tril
+    )
+    expected = kl_divergence(
+        MultivariateNormal(mean, scale_tril=tril),
+        MultivariateNormal(loc, torch.diag_embed(variance)),
+    )
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("mq, vq, loc, scale", [(0.0, 1.0, 0.0, 1.0), (1.5, 0.3, -0.5, 2.0),
-                                                (-2.0, 4.0, 1.0, 0.5)])
+@pytest.mark.parametrize(
+    "mq, vq, loc, scale",
+    [(0.0, 1.0, 0.0, 1.0), (1.5, 0.3, -0.5, 2.0), (-2.0, 4.0, 1.0, 0.5)],
+)
 def test_kl_to_laplace_matches_quadrature(mq, vq, loc, scale):
     from scipy import integrate, stats
 
     q, p = stats.norm(mq, np.sqrt(vq)), stats.laplace(loc, scale)
-    expected = integrate.quad(lambda z: q.pdf(z) * (q.logpdf(z) - p.logpdf(z)),
-                              -40, 40, points=[loc], limit=200)[0]
-    ours = kl_diag_laplace(*(torch.tensor([[v]], dtype=torch.float64)
-                             for v in (mq, vq, loc, scale)))
+    expected = integrate.quad(
+        lambda z: q.pdf(z) * (q.logpdf(z) - p.logpdf(z)),
+        -40,
+        40,
+        points=[loc],
+        limit=200,
+    )[0]
+    ours = kl_diag_laplace(
+        *(torch.tensor([[v]], dtype=torch.float64) for v in (mq, vq, loc, scale))
+    )
     assert float(ours) == pytest.approx(expected, abs=1e-7)
 
 
@@ -103,7 +117,9 @@ def test_full_covariance_encoder_log_density():
     mean, tril = encoder(x)
     assert torch.all(torch.diagonal(tril, dim1=-2, dim2=-1) > 0)
     z = torch.randn(5, 7, 4, dtype=torch.float64)
-    expected = MultivariateNormal(mean.unsqueeze(1), scale_tril=tril.unsqueeze(1)).log_prob(z)
+    expected = MultivariateNormal(
+        mean.unsqueeze(1), scale_tril=tril.unsqueeze(1)
+    ).log_prob(z)
     torch.testing.assert_close(posterior_log_prob(z, mean, tril), expected)
 
 
@@ -117,7 +133,9 @@ def test_conditional_prior_log_density_matches_torch(family, discrete):
         with torch.no_grad():
             prior.table.weight.normal_()
     else:
-        prior = ConditionalPrior(3, family=family, n_aux=2, hidden_layer_sizes=(8,)).double()
+        prior = ConditionalPrior(
+            3, family=family, n_aux=2, hidden_layer_sizes=(8,)
+        ).double()
         u = torch.randn(5, 2, dtype=torch.float64)
         with torch.no_grad():
             prior.net[-1].weight.normal_()
@@ -137,16 +155,21 @@ def test_conditional_prior_log_density_matches_torch(family, discrete):
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.sampled_from(["gaussian", "variance", "laplace"]), st.integers(1, 4),
-       st.integers(2, 6), st.integers(0, 10_000))
+@given(
+    st.sampled_from(["gaussian", "variance", "laplace"]),
+    st.integers(1, 4),
+    st.integers(2, 6),
+    st.integers(0, 10_000),
+)
 def test_prior_classifier_is_bayes_rule(family, m, n_classes, seed):
     # log p(u | z) of the contrastive term against Bayes' rule written with
     # torch.distributions: log p(z | u) + log p(u) - log sum_c p(z | c) p(c).
     torch.manual_seed(seed)
     weights = torch.rand(n_classes, dtype=torch.float64) + 0.1
     weights /= weights.sum()
-    prior = ConditionalPrior(m, family=family, n_classes=n_classes,
-                             class_weights=weights.numpy()).double()
+    prior = ConditionalPrior(
+        m, family=family, n_classes=n_classes, class_weights=weights.numpy()
+    ).double()
     with torch.no_grad():
         prior.table.weight.normal_()
     z = 2 * torch.randn(7, m, dtype=torch.float64)
@@ -160,8 +183,9 @@ def test_prior_classifier_is_bayes_rule(family, m, n_classes, seed):
     expected = joint.log_softmax(dim=1).gather(1, u[:, None]).squeeze(1)
     got = prior.log_posterior(z, u, *prior(u))
     torch.testing.assert_close(got, expected)
-    torch.testing.assert_close(prior.log_prob_table(z, loc, variance),
-                               dist.log_prob(z.unsqueeze(1)).sum(-1))
+    torch.testing.assert_close(
+        prior.log_prob_table(z, loc, variance), dist.log_prob(z.unsqueeze(1)).sum(-1)
+    )
 
 
 def test_prior_classifier_continuous_u_is_the_contrastive_estimate():
@@ -170,10 +194,15 @@ def test_prior_classifier_continuous_u_is_the_contrastive_estimate():
     prior = ConditionalPrior(3, n_aux=2, hidden_layer_sizes=(8,)).double()
     with torch.no_grad():
         prior.net[-1].weight.normal_()
-    z, u = torch.randn(6, 3, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64)
+    z, u = (
+        torch.randn(6, 3, dtype=torch.float64),
+        torch.randn(6, 2, dtype=torch.float64),
+    )
     loc, variance = prior(u)
-    table = torch.stack([Normal(loc[j], variance[j].sqrt()).log_prob(z).sum(-1)
-                         for j in range(6)], dim=1)
+    table = torch.stack(
+        [Normal(loc[j], variance[j].sqrt()).log_prob(z).sum(-1) for j in range(6)],
+        dim=1,
+    )
     expected = table.diagonal() - torch.logsumexp(table, 1) + np.log(6)
     torch.testing.assert_close(prior.log_posterior(z, u, loc, variance), expected)
 
@@ -189,6 +218,7 @@ def test_prior_log_variance_is_bounded():
 
 # ---- scikit-learn conformance -------------------------------------------------
 
+
 @parametrize_with_checks([IdentifiableVAE(max_iter=5, linear_warm_start=2)])
 def test_sklearn_compatible(estimator, check):
     with warnings.catch_warnings():
@@ -198,17 +228,25 @@ def test_sklearn_compatible(estimator, check):
 
 # ---- identifiability ----------------------------------------------------------
 
+
 def test_sources_recovered_better_than_by_a_vae():
     # Three sources, one leaky-ReLU layer, 20 segments, no noise: small enough
     # for CI (a few seconds). The VAE recovers a rotation of the sources at
     # best (MCC 0.65-0.77 over seeds here); the iVAE, given the segments,
     # 0.986-0.991 on this data draw over six model seeds (0.92-0.96 on the
     # plain ELBO, contrastive_weight=0).
-    X, S, U = segmented(n_segments=20, n_per_segment=200, n_components=3, seed=1,
-                        n_layers=2, noise_std=0.0)
+    X, S, U = segmented(
+        n_segments=20,
+        n_per_segment=200,
+        n_components=3,
+        seed=1,
+        n_layers=2,
+        noise_std=0.0,
+    )
     ivae = IdentifiableVAE(3, max_iter=30, batch_size=64, random_state=0).fit(X, U)
-    vae = VAEICA(3, max_iter=30, learning_rate_init=1e-2, batch_size=64,
-                 random_state=0).fit(X)
+    vae = VAEICA(
+        3, max_iter=30, learning_rate_init=1e-2, batch_size=64, random_state=0
+    ).fit(X)
     mcc_ivae = mean_correlation_coefficient(S, ivae.transform(X))
     mcc_vae = mean_correlation_coefficient(S, vae.transform(X))
     assert mcc_ivae > 0.85
@@ -223,8 +261,9 @@ def smooth_sources(n_samples=4000, n_components=3, seed=1):
     phase = rng.uniform(0, 2 * np.pi, n_components)
     std = np.exp(1.2 * np.sin(2 * np.pi * freq * t[:, None] + phase))
     S = rng.randn(n_samples, n_components) * std
-    _, _, _, mixing = segmented(n_components=n_components, n_layers=2,
-                                return_mixing=True, seed=seed)
+    _, _, _, mixing = segmented(
+        n_components=n_components, n_layers=2, return_mixing=True, seed=seed
+    )
     return mixing(S), S, t
 
 
@@ -232,11 +271,13 @@ def test_continuous_time_index():
     # u = the time index itself, a continuous covariate: the prior network
     # learns how each source's variance drifts with it.
     X, S, t = smooth_sources()
-    ivae = IdentifiableVAE(3, max_iter=30, batch_size=64, random_state=0,
-                           prior_hidden_layer_sizes=(32, 32)).fit(X, t)
+    ivae = IdentifiableVAE(
+        3, max_iter=30, batch_size=64, random_state=0, prior_hidden_layer_sizes=(32, 32)
+    ).fit(X, t)
     assert not ivae._aux_discrete and ivae.n_aux_features_ == 1
-    vae = VAEICA(3, max_iter=30, learning_rate_init=1e-2, batch_size=64,
-                 random_state=0).fit(X)
+    vae = VAEICA(
+        3, max_iter=30, learning_rate_init=1e-2, batch_size=64, random_state=0
+    ).fit(X)
     mcc_ivae = mean_correlation_coefficient(S, ivae.transform(X))
     assert mcc_ivae > 0.85
     assert mcc_ivae > mean_correlation_coefficient(S, vae.transform(X)) + 0.15
@@ -246,6 +287,7 @@ def test_continuous_time_index():
 
 
 # ---- the auxiliary variable ---------------------------------------------------
+
 
 def test_u_is_required_and_validated(small):
     model, X, _, U = small
@@ -265,14 +307,17 @@ def test_u_is_required_and_validated(small):
         IdentifiableVAE(aux_type="discrete", **FAST).fit(X, np.c_[U, U])
 
 
-@pytest.mark.parametrize("u, discrete", [
-    (lambda U: U, True),
-    (lambda U: U.astype(float), True),
-    (lambda U: np.array([f"seg{v}" for v in U]), True),
-    (lambda U: np.arange(len(U)), False),         # a time index: one value per row
-    (lambda U: U + 0.5 * np.sin(np.arange(len(U))), False),
-    (lambda U: np.c_[U, U ** 2], False),
-])
+@pytest.mark.parametrize(
+    "u, discrete",
+    [
+        (lambda U: U, True),
+        (lambda U: U.astype(float), True),
+        (lambda U: np.array([f"seg{v}" for v in U]), True),
+        (lambda U: np.arange(len(U)), False),  # a time index: one value per row
+        (lambda U: U + 0.5 * np.sin(np.arange(len(U))), False),
+        (lambda U: np.c_[U, U**2], False),
+    ],
+)
 def test_aux_type_auto(u, discrete):
     X, _, U = segmented(n_segments=4, n_per_segment=30)
     model = IdentifiableVAE(max_iter=1, hidden_layer_sizes=(4,)).fit(X, u(U))
@@ -291,11 +336,14 @@ def test_forcing_aux_type():
     assert continuous.n_aux_features_ == 1
     with pytest.raises(ValueError, match="columns"):
         continuous.score(X, np.c_[U, U])
-    discrete = IdentifiableVAE(aux_type="discrete", max_iter=1).fit(X, np.arange(len(X)))
+    discrete = IdentifiableVAE(aux_type="discrete", max_iter=1).fit(
+        X, np.arange(len(X))
+    )
     assert len(discrete.classes_) == len(X)
 
 
 # ---- the fitted model ---------------------------------------------------------
+
 
 def test_scores_and_likelihood(small):
     model, X, _, U = small
@@ -324,8 +372,10 @@ def test_sample_draws_from_the_conditional_prior(small):
         loc, variance = model.module_.prior(torch.tensor([3]))
     np.testing.assert_allclose(Z_new.mean(0), loc[0].numpy(), atol=0.15)
     np.testing.assert_allclose(Z_new.var(0), variance[0].numpy(), rtol=0.15)
-    np.testing.assert_array_equal(model.sample(3, y=[label] * 3, random_state=1)[0],
-                                  model.sample(3, y=[label] * 3, random_state=1)[0])
+    np.testing.assert_array_equal(
+        model.sample(3, y=[label] * 3, random_state=1)[0],
+        model.sample(3, y=[label] * 3, random_state=1)[0],
+    )
     assert model.sample(7)[1].shape == (7, 2)
     with pytest.raises(ValueError, match="rows but X has"):
         model.sample(3, y=[label, label])
@@ -345,17 +395,29 @@ def test_conditional_encoder_and_metadata_routing():
         assert pipe.transform(X, u=U).shape == (len(X), 2)
 
 
-@pytest.mark.parametrize("params", [
-    {"prior": "variance"}, {"prior": "laplace"}, {"posterior_covariance": "diagonal"},
-    {"kl_warmup": 2}, {"learning_rate_schedule": "constant"}, {"linear_warm_start": 0},
-    {"noise_variance": 0.05}, {"early_stopping": True}, {"n_init": 2},
-    {"max_grad_norm": None},
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"prior": "variance"},
+        {"prior": "laplace"},
+        {"posterior_covariance": "diagonal"},
+        {"kl_warmup": 2},
+        {"learning_rate_schedule": "constant"},
+        {"linear_warm_start": 0},
+        {"noise_variance": 0.05},
+        {"early_stopping": True},
+        {"n_init": 2},
+        {"max_grad_norm": None},
+    ],
+)
 def test_options_train(params):
     X, _, U = segmented()
-    untrained = IdentifiableVAE(learning_rate_init=1e-12, random_state=0,
-                                **{**FAST, "max_iter": 1, **params}).fit(X, U)
-    model = IdentifiableVAE(random_state=0, **{**FAST, "max_iter": 8, **params}).fit(X, U)
+    untrained = IdentifiableVAE(
+        learning_rate_init=1e-12, random_state=0, **{**FAST, "max_iter": 1, **params}
+    ).fit(X, U)
+    model = IdentifiableVAE(random_state=0, **{**FAST, "max_iter": 8, **params}).fit(
+        X, U
+    )
     assert np.isfinite(model.loss_curve_).all()
     assert model.score(X, U) > untrained.score(X, U)
     assert all(p.requires_grad for p in model.module_.parameters())
@@ -375,7 +437,9 @@ def test_training_objective_adds_the_classifier_to_the_elbo(small):
         torch.manual_seed(0)
         elbo = module(x, u)
         module.contrastive_weight = 20.0
-        classifier = module.prior.log_posterior(module.encode(x)[0], u, *module.prior(u))
+        classifier = module.prior.log_posterior(
+            module.encode(x)[0], u, *module.prior(u)
+        )
     torch.testing.assert_close(objective, elbo + 20.0 * classifier)
     assert torch.all(classifier <= 0)
     # The score is the plain ELBO, whatever the training objective.
@@ -399,19 +463,40 @@ def test_unfitted_and_bad_parameters():
     X, _, U = segmented(n_segments=3, n_per_segment=20)
     with pytest.raises(NotFittedError):
         IdentifiableVAE().transform(X)
-    for params, match in [({"prior": "cauchy"}, "prior"), ({"aux_type": "x"}, "aux_type"),
-                          ({"n_init": 0}, "n_init"), ({"prior_hidden_layer_sizes": (0,)},
-                                                      "prior_hidden_layer_sizes")]:
+    for params, match in [
+        ({"prior": "cauchy"}, "prior"),
+        ({"aux_type": "x"}, "aux_type"),
+        ({"n_init": 0}, "n_init"),
+        ({"prior_hidden_layer_sizes": (0,)}, "prior_hidden_layer_sizes"),
+    ]:
         with pytest.raises(ValueError, match=match):
             IdentifiableVAE(max_iter=1, **params).fit(X, U + 0.5)
 
 
 # ---- command line -------------------------------------------------------------
 
+
 def test_cli_builtin_and_file(tmp_path, capsys):
     out = tmp_path / "z.csv"
-    assert main(["ivae", "--max-iter", "2", "--n-samples", "400", "--n-segments", "8",
-                 "--n-features", "3", "-q", "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "ivae",
+                "--max-iter",
+                "2",
+                "--n-samples",
+                "400",
+                "--n-segments",
+                "8",
+                "--n-features",
+                "3",
+                "-q",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "make_segmented_sources" in printed and "source recovery" in printed
     assert np.loadtxt(out, delimiter=",", skiprows=1).shape == (400, 2)
@@ -419,12 +504,40 @@ def test_cli_builtin_and_file(tmp_path, capsys):
     X, _, U = segmented(n_segments=5, n_per_segment=30, n_components=2)
     data = tmp_path / "data.csv"
     np.savetxt(data, np.c_[X[:, :1], U, X[:, 1:]], delimiter=",")
-    assert main(["ivae", str(data), "--aux-column", "1", "--max-iter", "2", "-q",
-                 "--output", str(tmp_path / "z.npy")]) == 0
+    assert (
+        main(
+            [
+                "ivae",
+                str(data),
+                "--aux-column",
+                "1",
+                "--max-iter",
+                "2",
+                "-q",
+                "--output",
+                str(tmp_path / "z.npy"),
+            ]
+        )
+        == 0
+    )
     assert np.load(tmp_path / "z.npy").shape == (150, 2)
     np.save(tmp_path / "u.npy", U)
     np.savetxt(tmp_path / "x.csv", X, delimiter=",")
-    assert main(["ivae", str(tmp_path / "x.csv"), "--aux", str(tmp_path / "u.npy"),
-                 "--max-iter", "2", "-q", "--output", str(tmp_path / "z2.csv")]) == 0
+    assert (
+        main(
+            [
+                "ivae",
+                str(tmp_path / "x.csv"),
+                "--aux",
+                str(tmp_path / "u.npy"),
+                "--max-iter",
+                "2",
+                "-q",
+                "--output",
+                str(tmp_path / "z2.csv"),
+            ]
+        )
+        == 0
+    )
     with pytest.raises(SystemExit, match="aux"):
         main(["ivae", str(tmp_path / "x.csv"), "--max-iter", "1", "-q"])

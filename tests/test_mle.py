@@ -31,7 +31,11 @@ def ppca_data(n_samples=300, n_features=5, noise=0.5, n_components=2, seed=0):
     rng = np.random.RandomState(seed)
     W = rng.randn(n_features, n_components)
     b = rng.randn(n_features)
-    X = rng.randn(n_samples, n_components) @ W.T + b + noise * rng.randn(n_samples, n_features)
+    X = (
+        rng.randn(n_samples, n_components) @ W.T
+        + b
+        + noise * rng.randn(n_samples, n_features)
+    )
     return X, W, b
 
 
@@ -54,8 +58,9 @@ def ppca_mle_score(pca, n_train, X):
 
 def linear_model(X, W, b, noise_variance, integrator="adaptive", n_nodes=64):
     """A fitted linear NonlinearICAMLE whose parameters are then set by hand."""
-    mle = NonlinearICAMLE(W.shape[1], max_iter=1, integrator="gauss_hermite",
-                          random_state=0, **LINEAR).fit(X)
+    mle = NonlinearICAMLE(
+        W.shape[1], max_iter=1, integrator="gauss_hermite", random_state=0, **LINEAR
+    ).fit(X)
     # Swap in the rule under test only now: a sparse grid may fail to train.
     mle.set_params(integrator=integrator, n_nodes=n_nodes)
     mle._integrator = clone(get_integrator(integrator))
@@ -87,16 +92,27 @@ def test_sklearn_compatible(estimator, check):
 # ---------------------------------------------------------------------------
 
 
-def random_module(n_components, n_features, hidden, activation, integrator, n_nodes,
-                  noise_variance, seed):
+def random_module(
+    n_components,
+    n_features,
+    hidden,
+    activation,
+    integrator,
+    n_nodes,
+    noise_variance,
+    seed,
+):
     torch.manual_seed(seed)
-    decoder = GaussianDecoder(n_components, n_features, hidden, activation,
-                              noise_variance=noise_variance).double()
+    decoder = GaussianDecoder(
+        n_components, n_features, hidden, activation, noise_variance=noise_variance
+    ).double()
     with torch.no_grad():
         for p in decoder.parameters():
             if p.dim():
                 p.add_(0.3 * torch.randn_like(p))
-    return MarginalLikelihood(decoder, n_components, get_integrator(integrator), n_nodes)
+    return MarginalLikelihood(
+        decoder, n_components, get_integrator(integrator), n_nodes
+    )
 
 
 def gradients(module, x, seed, mode):
@@ -124,14 +140,33 @@ module_cases = dict(
 )
 
 
-def module_and_data(n_components, n_features, hidden, activation, integrator, n_nodes,
-                    n_samples, noise_variance, spread, seed):
-    module = random_module(n_components, n_features, hidden, activation, integrator,
-                           n_nodes, noise_variance, seed)
+def module_and_data(
+    n_components,
+    n_features,
+    hidden,
+    activation,
+    integrator,
+    n_nodes,
+    n_samples,
+    noise_variance,
+    spread,
+    seed,
+):
+    module = random_module(
+        n_components,
+        n_features,
+        hidden,
+        activation,
+        integrator,
+        n_nodes,
+        noise_variance,
+        seed,
+    )
     with torch.no_grad():
         z = torch.randn(n_samples, n_components, dtype=torch.float64)
-        x = module.mean(z) + spread * torch.randn(n_samples, n_features,
-                                                  dtype=torch.float64)
+        x = module.mean(z) + spread * torch.randn(
+            n_samples, n_features, dtype=torch.float64
+        )
     return module, x
 
 
@@ -146,7 +181,9 @@ def test_analytic_gradient_equals_autograd(**case):
     value_f, grad_f = gradients(module, x, case["seed"], "analytic")
     assert torch.equal(value_a, value_f)
     for a, f in zip(grad_a, grad_f):
-        torch.testing.assert_close(f, a, rtol=1e-7, atol=1e-9 * (1 + float(a.abs().max())))
+        torch.testing.assert_close(
+            f, a, rtol=1e-7, atol=1e-9 * (1 + float(a.abs().max()))
+        )
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -182,21 +219,34 @@ def test_gradients_match_central_finite_differences(mode, **case):
 @pytest.mark.parametrize("solver", ["adam", "alternating"])
 def test_estimator_trains_identically_with_either_gradient(solver):
     X, _, _ = ppca_data(120, noise=0.3)
-    fits = [NonlinearICAMLE(solver=solver, gradient=mode, hidden_layer_sizes=(8,),
-                            activation="tanh", max_iter=3, batch_size=40,
-                            learning_rate_init=1e-2, random_state=0).fit(X)
-            for mode in ("autograd", "analytic")]
+    fits = [
+        NonlinearICAMLE(
+            solver=solver,
+            gradient=mode,
+            hidden_layer_sizes=(8,),
+            activation="tanh",
+            max_iter=3,
+            batch_size=40,
+            learning_rate_init=1e-2,
+            random_state=0,
+        ).fit(X)
+        for mode in ("autograd", "analytic")
+    ]
     np.testing.assert_allclose(fits[0].loss_curve_, fits[1].loss_curve_, rtol=1e-9)
-    np.testing.assert_allclose(fits[0].score_samples(X), fits[1].score_samples(X),
-                               rtol=1e-7)
+    np.testing.assert_allclose(
+        fits[0].score_samples(X), fits[1].score_samples(X), rtol=1e-7
+    )
     assert fits[0].noise_variance_ == pytest.approx(fits[1].noise_variance_, rel=1e-7)
 
 
-@pytest.mark.parametrize("integrator, rtol", [
-    (Adaptive(defensive=0.0), 1e-9),
-    # The default's defensive prior nodes make it exact to ~1e-7 only.
-    ("adaptive", 1e-4),
-])
+@pytest.mark.parametrize(
+    "integrator, rtol",
+    [
+        (Adaptive(defensive=0.0), 1e-9),
+        # The default's defensive prior nodes make it exact to ~1e-7 only.
+        ("adaptive", 1e-4),
+    ],
+)
 def test_linear_gradient_is_the_exact_likelihood_gradient(integrator, rtol):
     # On a linear decoder Gauss-Hermite nodes on the Laplace posterior are
     # exact, so the gradient (nodes held fixed) is the closed form's gradient.
@@ -209,7 +259,9 @@ def test_linear_gradient_is_the_exact_likelihood_gradient(integrator, rtol):
     b_t = torch.tensor(b, requires_grad=True)
     s2 = torch.tensor(0.09, dtype=torch.float64, requires_grad=True)
     cov = W_t @ W_t.T + s2 * torch.eye(4, dtype=torch.float64)
-    torch.distributions.MultivariateNormal(b_t, cov).log_prob(torch.as_tensor(X)).sum().backward()
+    torch.distributions.MultivariateNormal(b_t, cov).log_prob(
+        torch.as_tensor(X)
+    ).sum().backward()
     out = module.decoder.out
     torch.testing.assert_close(out.weight.grad, W_t.grad, rtol=rtol, atol=rtol)
     torch.testing.assert_close(out.bias.grad, b_t.grad, rtol=rtol, atol=rtol)
@@ -281,8 +333,9 @@ def test_em_never_decreases_the_likelihood():
     # One batch per epoch makes each epoch one exact EM iteration (with the
     # parameter-expansion step), which cannot lower the likelihood.
     X, _, _ = ppca_data(150, n_features=20, noise=0.2)
-    mle = NonlinearICAMLE(2, batch_size=150, max_iter=12, n_iter_no_change=12,
-                          random_state=0, **LINEAR).fit(X)
+    mle = NonlinearICAMLE(
+        2, batch_size=150, max_iter=12, n_iter_no_change=12, random_state=0, **LINEAR
+    ).fit(X)
     # Up to the default rule's ~1e-7 nat error (its defensive prior nodes).
     assert np.all(np.diff(mle.loss_curve_) <= 1e-6)
 
@@ -307,23 +360,30 @@ def test_standardise_latent_keeps_the_decoder_function():
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("params", [
-    {"solver": "em"},
-    {"solver": "em", "n_m_steps": 1},
-    {"solver": "adam", "learning_rate_init": 1e-2},
-    {"solver": "alternating", "learning_rate_init": 1e-2},
-    {"solver": "em", "noise_variance": 0.5},
-    {"solver": "adam", "noise_variance": 0.5, "learning_rate_init": 1e-2},
-    {"solver": "em", "early_stopping": True},
-    {"solver": "em", "integrator": "qmc", "n_nodes": 256},
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"solver": "em"},
+        {"solver": "em", "n_m_steps": 1},
+        {"solver": "adam", "learning_rate_init": 1e-2},
+        {"solver": "alternating", "learning_rate_init": 1e-2},
+        {"solver": "em", "noise_variance": 0.5},
+        {"solver": "adam", "noise_variance": 0.5, "learning_rate_init": 1e-2},
+        {"solver": "em", "early_stopping": True},
+        {"solver": "em", "integrator": "qmc", "n_nodes": 256},
+    ],
+)
 def test_solvers_and_options_improve_the_likelihood(params):
     X, _, _ = ppca_data(200, noise=0.3)
-    model = dict(hidden_layer_sizes=(16,), activation="tanh", batch_size=100,
-                 random_state=0)
-    fixed = {k: v for k, v in params.items() if k not in ("solver", "learning_rate_init")}
-    untrained = NonlinearICAMLE(max_iter=1, learning_rate_init=1e-12, solver="adam",
-                                **model, **fixed).fit(X)
+    model = dict(
+        hidden_layer_sizes=(16,), activation="tanh", batch_size=100, random_state=0
+    )
+    fixed = {
+        k: v for k, v in params.items() if k not in ("solver", "learning_rate_init")
+    }
+    untrained = NonlinearICAMLE(
+        max_iter=1, learning_rate_init=1e-12, solver="adam", **model, **fixed
+    ).fit(X)
     mle = NonlinearICAMLE(max_iter=10, **model, **params).fit(X)
     assert np.isfinite(mle.loss_curve_).all()
     assert mle.score(X) > untrained.score(X) + 0.1
@@ -336,8 +396,14 @@ def test_solvers_and_options_improve_the_likelihood(params):
 
 def test_alternating_gives_sigma2_its_own_step_size():
     X, _, _ = ppca_data(200, noise=0.3)
-    params = dict(solver="alternating", max_iter=10, batch_size=50,
-                  learning_rate_init=1e-2, random_state=0, **LINEAR)
+    params = dict(
+        solver="alternating",
+        max_iter=10,
+        batch_size=50,
+        learning_rate_init=1e-2,
+        random_state=0,
+        **LINEAR,
+    )
     frozen = NonlinearICAMLE(noise_learning_rate=1e-12, **params).fit(X)
     moving = NonlinearICAMLE(noise_learning_rate=1e-1, **params).fit(X)
     start = float(X.var(0, ddof=1).mean())
@@ -355,8 +421,9 @@ def test_alternating_gives_sigma2_its_own_step_size():
 @pytest.fixture(scope="module")
 def fitted():
     X, _, _ = ppca_data(300, noise=0.3)
-    return NonlinearICAMLE(hidden_layer_sizes=(16,), activation="tanh", max_iter=5,
-                           random_state=0).fit(X), X
+    return NonlinearICAMLE(
+        hidden_layer_sizes=(16,), activation="tanh", max_iter=5, random_state=0
+    ).fit(X), X
 
 
 def test_score_samples_deterministic_and_row_independent(fitted):
@@ -366,8 +433,9 @@ def test_score_samples_deterministic_and_row_independent(fitted):
     order = np.random.RandomState(0).permutation(len(X))
     np.testing.assert_allclose(mle.score_samples(X[order]), scores[order], rtol=1e-12)
     np.testing.assert_allclose(mle.score_samples(X[:3]), scores[:3], rtol=1e-12)
-    np.testing.assert_allclose(mle.transform(X[:3]), mle.transform(X)[:3], rtol=1e-10,
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        mle.transform(X[:3]), mle.transform(X)[:3], rtol=1e-10, atol=1e-12
+    )
     assert mle.score(X) == pytest.approx(scores.mean())
 
 
@@ -375,8 +443,9 @@ def test_sample_and_inverse_transform(fitted):
     mle, X = fitted
     X_new, Z_new = mle.sample(2000, random_state=1)
     assert X_new.shape == (2000, X.shape[1]) and Z_new.shape == (2000, 2)
-    np.testing.assert_array_equal(mle.sample(5, random_state=1)[0],
-                                  mle.sample(5, random_state=1)[0])
+    np.testing.assert_array_equal(
+        mle.sample(5, random_state=1)[0], mle.sample(5, random_state=1)[0]
+    )
     residual = X_new - mle.inverse_transform(Z_new)
     assert residual.var() == pytest.approx(mle.noise_variance_, rel=0.1)
     # Samples from the model score like the training data.
@@ -392,7 +461,8 @@ def test_float32_is_trained_and_returned_in_float32():
     assert mle.inverse_transform(mle.transform(X)).dtype == np.float32
     assert mle.sample(2)[0].dtype == np.float32
     mle64 = NonlinearICAMLE(hidden_layer_sizes=(8,), max_iter=3, random_state=0).fit(
-        X.astype(np.float64))
+        X.astype(np.float64)
+    )
     assert mle.score(X) == pytest.approx(mle64.score(X), abs=1e-3)
 
 
@@ -438,13 +508,16 @@ def test_many_features_stay_finite():
     assert np.isfinite(mle.transform(X)).all()
 
 
-@pytest.mark.parametrize("params, match", [
-    ({"solver": "newton"}, "solver"),
-    ({"gradient": "numeric"}, "gradient"),
-    ({"n_m_steps": 0}, "n_m_steps"),
-    ({"noise_learning_rate": -1.0}, "noise_learning_rate"),
-    ({"integrator": "simpson"}, "integrator"),
-])
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"solver": "newton"}, "solver"),
+        ({"gradient": "numeric"}, "gradient"),
+        ({"n_m_steps": 0}, "n_m_steps"),
+        ({"noise_learning_rate": -1.0}, "noise_learning_rate"),
+        ({"integrator": "simpson"}, "integrator"),
+    ],
+)
 def test_invalid_parameters(params, match):
     with pytest.raises(ValueError, match=match):
         NonlinearICAMLE(max_iter=1, **params).fit(ppca_data(20)[0])

@@ -55,9 +55,18 @@ class TwoGroups(nn.Module):
 
 
 def one_step(alternating):
-    net = ObjectiveNet(TwoGroups(), optimizer=torch.optim.SGD, lr=0.1, max_epochs=1,
-                       batch_size=1, iterator_train=TensorBatches, train_split=None,
-                       alternating=alternating, verbose=0, callbacks__print_log=None)
+    net = ObjectiveNet(
+        TwoGroups(),
+        optimizer=torch.optim.SGD,
+        lr=0.1,
+        max_epochs=1,
+        batch_size=1,
+        iterator_train=TensorBatches,
+        train_split=None,
+        alternating=alternating,
+        verbose=0,
+        callbacks__print_log=None,
+    )
     net.fit(TensorData(torch.ones(1, 1)))
     return net.module_.a.weight.item(), net.module_.b.weight.item()
 
@@ -85,8 +94,14 @@ def test_non_finite_loss_raises():
         def forward(self, x):
             return self.w + torch.log(torch.zeros(len(x)))
 
-    net = ObjectiveNet(Bad(), max_epochs=1, batch_size=2, iterator_train=TensorBatches,
-                       train_split=None, callbacks=[("nan", RaiseOnNonFinite())],
-                       callbacks__print_log=None)
+    net = ObjectiveNet(
+        Bad(),
+        max_epochs=1,
+        batch_size=2,
+        iterator_train=TensorBatches,
+        train_split=None,
+        callbacks=[("nan", RaiseOnNonFinite())],
+        callbacks__print_log=None,
+    )
     with pytest.raises(FloatingPointError, match="became"):
         net.fit(TensorData(torch.ones(4, 1)))

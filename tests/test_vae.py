@@ -31,13 +31,16 @@ def exact_ppca_loglik(vae, X):
     out = vae.module_.decoder.out
     W, b = out.weight.detach(), out.bias.detach()
     cov = W @ W.T + vae.noise_variance_ * torch.eye(W.shape[0], dtype=W.dtype)
-    return torch.distributions.MultivariateNormal(b, cov).log_prob(
-        torch.as_tensor(X)).numpy()
+    return (
+        torch.distributions.MultivariateNormal(b, cov)
+        .log_prob(torch.as_tensor(X))
+        .numpy()
+    )
 
 
 def exact_elbo(vae, X):
     """The ELBO with a rule that is exact for a linear decoder (GH, 2 per axis)."""
-    rule = GaussHermite().rule(vae.n_components, 2 ** vae.n_components)
+    rule = GaussHermite().rule(vae.n_components, 2**vae.n_components)
     with torch.no_grad():
         return vae.module_.elbo(torch.as_tensor(X), rule).numpy()
 
@@ -45,9 +48,16 @@ def exact_elbo(vae, X):
 @pytest.fixture(scope="module")
 def linear_vae():
     X = ppca_data()
-    vae = VAEICA(2, hidden_layer_sizes=(), activation="identity", max_iter=300,
-                 n_iter_no_change=300, learning_rate_init=3e-3, batch_size=64,
-                 random_state=0).fit(X[:1000])
+    vae = VAEICA(
+        2,
+        hidden_layer_sizes=(),
+        activation="identity",
+        max_iter=300,
+        n_iter_no_change=300,
+        learning_rate_init=3e-3,
+        batch_size=64,
+        random_state=0,
+    ).fit(X[:1000])
     return vae, X[:1000], X[1000:]
 
 
@@ -93,8 +103,9 @@ def test_reproducible_and_leaves_global_rng_alone():
     np.testing.assert_array_equal(a.transform(X), b.transform(X))
     np.testing.assert_array_equal(a.score_samples(X), b.score_samples(X))
     assert not np.array_equal(a.transform(X), c.transform(X))
-    np.testing.assert_array_equal(a.sample(4, random_state=1)[0],
-                                  b.sample(4, random_state=1)[0])
+    np.testing.assert_array_equal(
+        a.sample(4, random_state=1)[0], b.sample(4, random_state=1)[0]
+    )
 
 
 def test_pickle_round_trip():
@@ -116,20 +127,25 @@ def test_float32_is_trained_and_returned_in_float32():
     assert vae.transform(X.astype(np.float64)).dtype == np.float64
 
 
-@pytest.mark.parametrize("params", [
-    {"update": "alternating"},
-    {"gradient": "score_function", "n_mc_samples": 8},
-    {"decoder_variance": "per_sample"},
-    {"noise_variance": 0.5},
-    {"early_stopping": True},
-    {"integrator": "qmc", "n_mc_samples": 4},
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"update": "alternating"},
+        {"gradient": "score_function", "n_mc_samples": 8},
+        {"decoder_variance": "per_sample"},
+        {"noise_variance": 0.5},
+        {"early_stopping": True},
+        {"integrator": "qmc", "n_mc_samples": 4},
+    ],
+)
 def test_options_train_to_a_better_elbo(params):
     X = ppca_data(600, noise=0.3)
-    untrained = VAEICA(max_iter=1, learning_rate_init=1e-12, random_state=0,
-                       **params).fit(X)
-    vae = VAEICA(max_iter=40, learning_rate_init=3e-3, batch_size=50, random_state=0,
-                 **params).fit(X)
+    untrained = VAEICA(
+        max_iter=1, learning_rate_init=1e-12, random_state=0, **params
+    ).fit(X)
+    vae = VAEICA(
+        max_iter=40, learning_rate_init=3e-3, batch_size=50, random_state=0, **params
+    ).fit(X)
     assert np.isfinite(vae.loss_curve_).all()
     assert vae.score(X) > untrained.score(X) + 0.5
     if "noise_variance" in params:
@@ -144,7 +160,9 @@ def test_options_train_to_a_better_elbo(params):
 def test_large_latent_dimension_stays_finite():
     # The source report saw invalid values at m = n = 100.
     rng = np.random.RandomState(0)
-    X = np.tanh(rng.randn(5000, 100) @ rng.randn(100, 100) / 10) + 0.1 * rng.randn(5000, 100)
+    X = np.tanh(rng.randn(5000, 100) @ rng.randn(100, 100) / 10) + 0.1 * rng.randn(
+        5000, 100
+    )
     vae = VAEICA(n_components=100, max_iter=30, batch_size=256, random_state=0).fit(X)
     assert vae.n_iter_ == 30 or vae.n_iter_ > 10
     assert np.isfinite(vae.loss_curve_).all()
@@ -159,15 +177,18 @@ def test_non_finite_loss_stops_with_clear_error():
         VAEICA(max_iter=2, random_state=0).fit(X)
 
 
-@pytest.mark.parametrize("X, error, match", [
-    (np.array([[0.0, np.nan], [1.0, 2.0]]), ValueError, "NaN"),
-    (np.array([[0.0, np.inf], [1.0, 2.0]]), ValueError, "infinity"),
-    (np.empty((0, 3)), ValueError, "0 sample"),
-    (np.arange(5.0), ValueError, "2D array"),
-    (np.array([["a", "b"], ["c", "d"]]), ValueError, "float"),
-    (np.array([[1 + 1j, 2], [3, 4]]), ValueError, "[Cc]omplex"),
-    (sp.random(10, 3, density=0.5, format="csr"), TypeError, "[Ss]parse"),
-])
+@pytest.mark.parametrize(
+    "X, error, match",
+    [
+        (np.array([[0.0, np.nan], [1.0, 2.0]]), ValueError, "NaN"),
+        (np.array([[0.0, np.inf], [1.0, 2.0]]), ValueError, "infinity"),
+        (np.empty((0, 3)), ValueError, "0 sample"),
+        (np.arange(5.0), ValueError, "2D array"),
+        (np.array([["a", "b"], ["c", "d"]]), ValueError, "float"),
+        (np.array([[1 + 1j, 2], [3, 4]]), ValueError, "[Cc]omplex"),
+        (sp.random(10, 3, density=0.5, format="csr"), TypeError, "[Ss]parse"),
+    ],
+)
 def test_bad_input_gets_a_clear_error(X, error, match):
     with pytest.raises(error, match=match):
         VAEICA(max_iter=1).fit(X)
@@ -186,16 +207,19 @@ def test_wrong_width_and_unfitted():
         vae.log_likelihood(X, n_samples=0)
 
 
-@pytest.mark.parametrize("params, match", [
-    ({"n_components": 0}, "n_components"),
-    ({"activation": "swish"}, "activation"),
-    ({"hidden_layer_sizes": (4, 0)}, "hidden_layer_sizes"),
-    ({"integrator": "simpson"}, "integrator"),
-    ({"device": "cuda:7"}, "cuda:7"),
-    ({"device": "banana"}, "banana"),
-    ({"decoder_variance": "per_sample", "noise_variance": 1.0}, "noise_variance"),
-    ({"validation_fraction": 1.5}, "validation_fraction"),
-])
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"n_components": 0}, "n_components"),
+        ({"activation": "swish"}, "activation"),
+        ({"hidden_layer_sizes": (4, 0)}, "hidden_layer_sizes"),
+        ({"integrator": "simpson"}, "integrator"),
+        ({"device": "cuda:7"}, "cuda:7"),
+        ({"device": "banana"}, "banana"),
+        ({"decoder_variance": "per_sample", "noise_variance": 1.0}, "noise_variance"),
+        ({"validation_fraction": 1.5}, "validation_fraction"),
+    ],
+)
 def test_invalid_parameters(params, match):
     if params.get("device") == "cuda:7" and torch.cuda.device_count() > 7:
         pytest.skip("this machine has 8 GPUs")
@@ -217,8 +241,9 @@ def test_verbose_levels(capsys):
 
 def test_grid_search_over_components_by_elbo():
     X = ppca_data(300)
-    search = GridSearchCV(VAEICA(max_iter=10, random_state=0),
-                          {"n_components": [1, 2]}, cv=2).fit(X)
+    search = GridSearchCV(
+        VAEICA(max_iter=10, random_state=0), {"n_components": [1, 2]}, cv=2
+    ).fit(X)
     assert np.isfinite(search.cv_results_["mean_test_score"]).all()
     assert search.best_estimator_.n_components in (1, 2)
 
