@@ -27,7 +27,7 @@ from skorch.callbacks import EarlyStopping
 from skorch.utils import noop
 
 from ._modules import ACTIVATIONS
-from ._net import (
+from ._training import (
     EpochProgressBar,
     HoldOut,
     ObjectiveNet,

@@ -19,7 +19,7 @@ from ._modules import (
     MarginalLikelihood,
     inverse_positive,
 )
-from ._net import ObjectiveNet
+from ._training import ObjectiveNet
 from .integrators import DEFAULT_INTEGRATOR, DEFAULT_N_NODES
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from sklearn_nlica._net import (
+from sklearn_nlica._training import (
     HoldOut,
     ObjectiveNet,
     RaiseOnNonFinite,
