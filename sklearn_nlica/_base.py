@@ -1,12 +1,19 @@
-"""What the three estimators share: parameters, validation, device, dtype,
-seeding, the skorch training driver and the sample/score/transform plumbing.
+"""What the three estimators share: the scikit-learn surface.
 
-A subclass supplies the torch module (``_build_module``) whose ``forward``
-returns the per-sample objective, and the tensor-level ``_score_samples_tensor``
-and ``_transform_tensor``; everything scikit-learn facing lives here.
+:class:`LatentVariableModel` is the one template the estimators fill. It
+validates the data, converts numpy to tensors and back, trains through the
+skorch driver (with ``n_init`` restarts), stores the fitted attributes, and
+evaluates through the fitted torch module. A subclass supplies:
+
+- ``_build_module(x, seed=..., encoding=..., **condition)``: the torch
+  module (``_models.py``);
+- ``_training_plan(module, n_batches)``: how it trains (a ``TrainingPlan``);
+- optionally the conditioning hook, for a model of x given an observed y:
+  ``_fit_condition(y, n_samples)`` learns an encoding of y and returns it
+  with the encoded y, ``_condition(y, n_samples)`` encodes y for a fitted
+  model. Encoded y reaches every module method as keyword arguments.
 """
 
-import contextlib
 import warnings
 from numbers import Integral, Real
 
@@ -20,89 +27,49 @@ from sklearn.base import (
     clone,
 )
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils import check_random_state
+from sklearn.utils import check_array, check_random_state, check_scalar
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
-from skorch.callbacks import EarlyStopping
 from skorch.utils import noop
 
-from ._modules import ACTIVATIONS
+from ._nn import ACTIVATIONS
 from ._training import (
+    EarlyStoppingAfter,
     EpochProgressBar,
     HoldOut,
     ObjectiveNet,
     RaiseOnNonFinite,
     TensorBatches,
     TensorData,
+    converged,
+    draw_seed,
+    resolve_device,
+    seeded,
 )
 from .integrators import INTEGRATORS, get_integrator
 
-# Rows per forward pass at prediction time: bounds memory on large inputs.
+# Rows per forward pass at prediction time, and the largest intermediate
+# (elements) one pass may build: together they bound memory on large inputs.
 PREDICT_CHUNK = 4096
+_PREDICT_ELEMENTS = 2**24
 
 
-def resolve_device(device):
-    """Turn the ``device`` parameter into an available ``torch.device``.
-
-    ``"auto"`` picks CUDA, then MPS, then the CPU. Asking for a device that
-    this machine does not have raises a ValueError naming it.
-    """
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device={device!r} is not a valid torch device.") from exc
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"device={device!r} was requested but CUDA is not "
-                "available on this machine; use device='cpu' or 'auto'."
-            )
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"device={device!r} was requested but this machine has "
-                f"{torch.cuda.device_count()} CUDA device(s)."
-            )
-    elif resolved.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise ValueError(
-                f"device={device!r} was requested but MPS is not "
-                "available on this machine; use device='cpu' or 'auto'."
-            )
-    elif resolved.type != "cpu":
+def check_layer_sizes(sizes, name="hidden_layer_sizes"):
+    """A tuple of positive ints (``()`` for a linear map), or a ValueError."""
+    sizes = tuple(np.atleast_1d(sizes).tolist()) if np.ndim(sizes) else (sizes,)
+    if not all(isinstance(h, Integral) and h > 0 for h in sizes):
         raise ValueError(
-            f"device={device!r} is not supported; use 'cpu', 'cuda', "
-            "'cuda:N', 'mps' or 'auto'."
+            f"{name} must be a tuple of positive integers (or () for a linear "
+            f"map), got {sizes!r}."
         )
-    return resolved
+    return tuple(int(h) for h in sizes)
 
 
-@contextlib.contextmanager
-def seeded(seed, device):
-    """Run the block on torch's global generators forked and seeded.
-
-    Everything random inside (initialisation, shuffling, integration nodes,
-    reparameterisation noise) is fixed by ``seed``, and the user's own global
-    torch RNG state is restored afterwards, untouched.
-    """
-    if device.type == "cuda":
-        devices, device_type = list(range(torch.cuda.device_count())), "cuda"
-    elif device.type == "mps":
-        devices, device_type = [0], "mps"
-    else:
-        devices, device_type = [], "cuda"
-    with torch.random.fork_rng(devices=devices, device_type=device_type):
-        torch.manual_seed(seed)
-        yield
-
-
-def _draw_seed(random_state):
-    return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+def _count(value, name):
+    """A positive integer argument of a method (n_samples and the like)."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, not a bool.")
+    return check_scalar(value, name, Integral, min_val=1)
 
 
 class LatentVariableModel(
@@ -120,6 +87,7 @@ class LatentVariableModel(
         "noise_variance": [None, Interval(Real, 0, None, closed="neither")],
         "integrator": [StrOptions(set(INTEGRATORS)), HasMethods(["rule"])],
         "n_nodes": [Interval(Integral, 1, None, closed="left")],
+        "n_init": [Interval(Integral, 1, None, closed="left")],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
@@ -136,41 +104,29 @@ class LatentVariableModel(
         "callbacks": [None, list],
     }
 
-    # ---- hooks for subclasses -------------------------------------------------
+    # Whether fit needs y (the iVAE's auxiliary variable).
+    _requires_y = False
 
-    def _build_module(self, x):
-        """Return the torch module for training data ``x`` (a tensor)."""
+    # ---- hooks ---------------------------------------------------------------
+
+    def _build_module(self, x, *, seed, encoding, **condition):
+        """The torch module for training data ``x`` (a tensor), the run's
+        ``seed`` and the conditioning variable (its encoding and values)."""
         raise NotImplementedError
 
-    def _alternating_groups(self):
-        """Parameter-name prefixes to update in turn, or None for joint updates."""
-        return None
+    def _training_plan(self, module, n_batches):
+        """How to train ``module`` with ``n_batches`` batches per epoch."""
+        raise NotImplementedError
 
-    # The skorch net class and extra keyword arguments for it (e.g. optimizer
-    # parameter groups); a subclass with its own update rule overrides these.
-    _net_class = ObjectiveNet
+    def _fit_condition(self, y, n_samples):
+        """Learn the encoding of the conditioning variable y: (encoding, arrays)."""
+        return None, {}
 
-    def _net_kwargs(self):
+    def _condition(self, y, n_samples):
+        """Encode ``y`` for the fitted model ({} for unconditional models)."""
         return {}
 
-    def _score_samples_tensor(self, x, rule):
-        """Per-sample score of ``x`` in eval mode with a fixed integration rule."""
-        raise NotImplementedError
-
-    def _transform_tensor(self, x):
-        raise NotImplementedError
-
-    # ---- fitting --------------------------------------------------------------
-
-    def _check_hidden_layer_sizes(self):
-        sizes = self.hidden_layer_sizes
-        sizes = tuple(np.atleast_1d(sizes).tolist()) if np.ndim(sizes) else (sizes,)
-        if not all(isinstance(h, Integral) and h > 0 for h in sizes):
-            raise ValueError(
-                "hidden_layer_sizes must be a tuple of positive "
-                f"integers (or () for a linear model), got {sizes!r}."
-            )
-        return tuple(int(h) for h in sizes)
+    # ---- fitting -------------------------------------------------------------
 
     def _validate_X(self, X, reset):
         return validate_data(
@@ -178,17 +134,15 @@ class LatentVariableModel(
             X,
             reset=reset,
             dtype=[np.float64, np.float32],
-            ensure_min_samples=1 if not reset else 2,
-        )
-
-    def _as_tensor(self, array, device, dtype=None):
-        return torch.tensor(
-            np.asarray(array), dtype=dtype or self._dtype, device=device
+            ensure_min_samples=2 if reset else 1,
         )
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Fit the model to ``X`` by maximising its training objective.
+
+        A fit that raises (or is interrupted) leaves the estimator as it was:
+        unfitted, or with its previous model.
 
         Parameters
         ----------
@@ -203,36 +157,74 @@ class LatentVariableModel(
         self : object
             The fitted estimator.
         """
+        state = dict(self.__dict__)
+        try:
+            return self._fit(X, y)
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(state)
+            raise
+
+    def _fit(self, X, y):
         X = self._validate_X(X, reset=True)
-        self._fit(X)
+        encoding, condition = self._fit_condition(y, X.shape[0])
+        rng = check_random_state(self.random_state)
+        seeds = [draw_seed(rng) for _ in range(self.n_init)]
+        best = None
+        for seed in seeds:
+            # Each fit's warnings are kept; only the selected fit's are shown.
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                net = self._train(X, condition, seed, encoding)
+            objective = -float(net.history[-1, "train_loss"])
+            if best is None or objective > best[0]:
+                best = (objective, net, seed, caught)
+        _, net, self._seed, caught = best
+        self._encoding = encoding
+        self.net_ = net
+        self._store_history(net)
+        for w in caught:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         return self
 
-    def _fit(self, X, seed=None, **extras):
-        """Train on validated ``X`` (numpy); ``extras`` are tensors for forward.
+    def fit_transform(self, X, y=None):
+        """Fit to ``X`` and return its latent representation.
 
-        ``seed`` (an int) replaces the one drawn from ``random_state``, for
-        subclasses that train several initialisations.
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,) or (n_samples, k), default=None
+            Passed to :meth:`fit`: the auxiliary variable u of a conditional
+            model (:class:`~sklearn_nlica.IdentifiableVAE`), ignored otherwise.
+
+        Returns
+        -------
+        Z : ndarray of shape (n_samples, n_components)
         """
-        self._hidden = self._check_hidden_layer_sizes()
-        device = resolve_device(self.device)
-        self._dtype = torch.float32 if X.dtype == np.float32 else torch.float64
-        # A private copy: rules cache their nodes, the user's object stays as given.
-        self._integrator = clone(get_integrator(self.integrator))
-        self._seed = _draw_seed(self.random_state) if seed is None else int(seed)
-        n_samples = X.shape[0]
-        batch_size = (
-            min(200, n_samples)
-            if self.batch_size == "auto"
-            else min(self.batch_size, n_samples)
-        )
-        if self.early_stopping and n_samples < 2:
-            raise ValueError("early_stopping needs at least 2 samples.")
+        return self.fit(X, y)._transform(X, y)
 
-        with seeded(self._seed, device):
-            x = self._as_tensor(X, device)
-            data = TensorData(x, **extras)
-            module = self._build_module(x).to(device=device, dtype=self._dtype)
-            net = self._net_class(
+    def _new_integrator(self):
+        # A private copy: rules cache their nodes, the user's object stays as given.
+        return clone(get_integrator(self.integrator))
+
+    def _batch_size(self, n_samples):
+        size = 200 if self.batch_size == "auto" else self.batch_size
+        return min(size, n_samples)
+
+    def _train(self, X, condition, seed, encoding):
+        """One training run from ``seed``: the fitted skorch net."""
+        device = resolve_device(self.device)
+        dtype = torch.float32 if X.dtype == np.float32 else torch.float64
+        split = HoldOut(self.validation_fraction) if self.early_stopping else None
+        n_train = X.shape[0] - (split.n_valid(X.shape[0]) if split else 0)
+        batch_size = self._batch_size(X.shape[0])
+        with seeded(seed, device):
+            x = torch.tensor(X, dtype=dtype, device=device)
+            extras = {k: _as_tensor(v, dtype, device) for k, v in condition.items()}
+            module = self._build_module(x, seed=seed, encoding=encoding, **extras)
+            module = module.to(device, dtype)
+            plan = self._training_plan(module, -(-n_train // batch_size))
+            net = (plan.net_class or ObjectiveNet)(
                 module,
                 optimizer=torch.optim.Adam,
                 lr=self.learning_rate_init,
@@ -241,45 +233,40 @@ class LatentVariableModel(
                 iterator_train=TensorBatches,
                 iterator_train__shuffle=True,
                 iterator_valid=TensorBatches,
-                train_split=HoldOut(self.validation_fraction)
-                if self.early_stopping
-                else None,
-                callbacks=self._callbacks(),
+                train_split=split,
+                callbacks=self._callbacks(plan),
                 device=device,
                 verbose=int(self.verbose),
-                alternating=self._alternating_groups(),
                 **({} if self.verbose >= 2 else {"callbacks__print_log": None}),
-                **self._net_kwargs(),
+                **plan.net_kwargs,
             )
             with warnings.catch_warnings():
                 # skorch warns when handed an already initialised module.
                 warnings.simplefilter("ignore", UserWarning)
                 net.initialize()
-            net.partial_fit(data)
-        self.net_ = net
-        self._store_history(net)
-        return self
+            net.partial_fit(TensorData(x, **extras))
+        net.warm_epochs_ = plan.warm_epochs
+        return net
 
-    def _callbacks(self):
+    def _callbacks(self, plan):
         monitor = "valid_loss" if self.early_stopping else "train_loss"
+        early_stopping = EarlyStoppingAfter(
+            plan.warm_epochs,
+            monitor=monitor,
+            patience=self.n_iter_no_change,
+            threshold=self.tol,
+            threshold_mode="abs",
+            load_best=self.early_stopping,
+            sink=print if self.verbose else noop,
+        )
         callbacks = [
+            *plan.callbacks,
             ("raise_on_non_finite", RaiseOnNonFinite()),
-            (
-                "early_stopping",
-                EarlyStopping(
-                    monitor=monitor,
-                    patience=self.n_iter_no_change,
-                    threshold=self.tol,
-                    threshold_mode="abs",
-                    load_best=self.early_stopping,
-                    sink=print if self.verbose else noop,
-                ),
-            ),
+            ("early_stopping", early_stopping),
         ]
         if self.verbose == 1:
-            callbacks.append(
-                ("progress_bar", EpochProgressBar(self.max_iter, type(self).__name__))
-            )
+            bar = EpochProgressBar(self.max_iter, type(self).__name__)
+            callbacks.append(("progress_bar", bar))
         return callbacks + list(self.callbacks or [])
 
     def _store_history(self, net):
@@ -294,28 +281,19 @@ class LatentVariableModel(
             self.validation_scores_ = None
             self.best_validation_score_ = None
             self.best_loss_ = min(self.loss_curve_)
-        if self.n_iter_ == self.max_iter and not self._converged(history):
+        monitor = "valid_loss" if self.early_stopping else "train_loss"
+        losses = history[:, monitor]
+        if self.n_iter_ == self.max_iter and not converged(
+            losses, self.n_iter_no_change, self.tol, net.warm_epochs_
+        ):
             warnings.warn(
                 f"{type(self).__name__} reached max_iter={self.max_iter} epochs "
                 "without converging; increase max_iter.",
                 ConvergenceWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
 
-    def _warm_epochs(self):
-        """Leading epochs that optimise another objective (a warm-up)."""
-        return 0
-
-    def _converged(self, history):
-        # Warm-up epochs optimise another objective: judge the rest only.
-        monitor = "valid_loss" if self.early_stopping else "train_loss"
-        losses = np.asarray(history[:, monitor], dtype=float)[self._warm_epochs() :]
-        if len(losses) <= self.n_iter_no_change:
-            return False
-        best_before = losses[: -self.n_iter_no_change].min()
-        return losses[-self.n_iter_no_change :].min() > best_before - self.tol
-
-    # ---- fitted model ---------------------------------------------------------
+    # ---- the fitted model ------------------------------------------------------
 
     @property
     def module_(self):
@@ -329,58 +307,64 @@ class LatentVariableModel(
         return torch.device(self.net_.device)
 
     @property
+    def _dtype(self):
+        return next(self.module_.parameters()).dtype
+
+    @property
     def noise_variance_(self):
         """The fitted decoder noise variance sigma^2 (None when it depends on z)."""
-        decoder = self.module_.decoder
-        if decoder.variance == "per_sample":
-            return None
         with torch.no_grad():
-            return float(
-                decoder(
-                    torch.zeros(
-                        1, self.n_components, dtype=self._dtype, device=self.device_
-                    )
-                )[1]
-            )
+            variance = self.module_.decoder.noise_variance()
+        return None if variance is None else float(variance)
 
     @property
     def _n_features_out(self):
         return self.n_components
 
-    def _predict(self, X, fn, rule=None, **extras):
-        """Apply ``fn`` (tensor -> tensor) to ``X`` in chunks, in eval mode.
+    def _predict(self, X, method, condition=None, n_nodes=None):
+        """``module_.<method>(x, rule, **condition)`` on chunks of ``X``, in eval
+        mode and without gradients, as an array of the input's dtype.
 
-        ``extras`` (tensors with one row per row of ``X``, e.g. an auxiliary
-        variable) are chunked alongside and passed to ``fn`` by keyword.
+        The rule of each chunk comes from ``module_.rule`` with a generator
+        seeded by the fit, so that results are deterministic and every row's
+        nodes are the same whichever chunk it falls in.
         """
         check_is_fitted(self)
         X = self._validate_X(X, reset=False)
-        device = self.device_
-        module = self.module_
+        module, device, dtype = self.module_, self.device_, self._dtype
+        n_nodes = n_nodes or self.n_nodes
+        extras = {
+            k: _as_tensor(v, dtype, device)
+            for k, v in self._condition_arrays(condition, X.shape[0]).items()
+        }
+        work = module.elements_per_row(n_nodes, **{k: v[:1] for k, v in extras.items()})
+        rows = int(np.clip(_PREDICT_ELEMENTS // max(1, work), 1, PREDICT_CHUNK))
         was_training = module.training
         module.eval()
         out = []
         with torch.no_grad():
-            for start in range(0, X.shape[0], PREDICT_CHUNK):
-                x = self._as_tensor(X[start : start + PREDICT_CHUNK], device)
-                part = {k: v[start : start + PREDICT_CHUNK] for k, v in extras.items()}
-                out.append(fn(x, **part) if rule is None else fn(x, rule, **part))
+            for start in range(0, X.shape[0], rows):
+                x = torch.tensor(X[start : start + rows], dtype=dtype, device=device)
+                part = {k: v[start : start + rows] for k, v in extras.items()}
+                generator = torch.Generator().manual_seed(self._seed)
+                rule = module.rule(x, n_nodes, generator)
+                out.append(getattr(module, method)(x, rule, **part))
         module.train(was_training)
         return torch.cat(out).cpu().numpy().astype(X.dtype, copy=False)
 
-    def _evaluation_rule(self, n_dims, n_nodes=None, log_integrand=None):
-        """A deterministic rule (fixed seed) so that scores are reproducible and
-        every row is scored with the same nodes (or, for adaptive rules, nodes
-        that depend on that row alone)."""
-        generator = torch.Generator().manual_seed(self._seed)
-        return self._integrator.rule(
-            n_dims,
-            n_nodes or self.n_nodes,
-            dtype=self._dtype,
-            device=self.device_,
-            generator=generator,
-            log_integrand=log_integrand,
-        )
+    def _condition_arrays(self, y, n_samples):
+        return {} if y is None else self._condition(y, n_samples)
+
+    def _transform(self, X, y=None):
+        return self._predict(X, "posterior_mean", y)
+
+    def _score_samples(self, X, y=None):
+        return self._predict(X, "score_samples", y)
+
+    def _log_likelihood(self, X, y=None, n_samples=None):
+        check_is_fitted(self)
+        n_nodes = max(self.n_nodes, 1024) if n_samples is None else n_samples
+        return self._predict(X, "log_likelihood", y, _count(n_nodes, "n_samples"))
 
     def transform(self, X):
         """Latent representation of ``X``: the posterior mean E[z | x].
@@ -393,7 +377,7 @@ class LatentVariableModel(
         -------
         Z : ndarray of shape (n_samples, n_components)
         """
-        return self._predict(X, self._transform_tensor)
+        return self._transform(X)
 
     def inverse_transform(self, X):
         """Decoder mean g(z) of latent codes.
@@ -408,27 +392,19 @@ class LatentVariableModel(
         X_original : ndarray of shape (n_samples, n_features)
         """
         check_is_fitted(self)
-        Z = self._validate_latent(X)
-        with torch.no_grad():
-            mean, _ = self.module_.decoder(self._as_tensor(Z, self.device_))
-        return mean.cpu().numpy().astype(Z.dtype, copy=False)
-
-    def _validate_latent(self, Z):
-        from sklearn.utils import check_array
-
-        Z = check_array(Z, dtype=[np.float64, np.float32])
+        Z = check_array(X, dtype=[np.float64, np.float32])
         if Z.shape[1] != self.n_components:
             raise ValueError(
-                f"Z has {Z.shape[1]} features, but {type(self).__name__} "
-                f"is expecting {self.n_components} latent components."
+                f"Z has {Z.shape[1]} features, but {type(self).__name__} is "
+                f"expecting {self.n_components} latent components."
             )
-        return Z
+        z = torch.tensor(Z, dtype=self._dtype, device=self.device_)
+        with torch.no_grad():
+            mean = self.module_.decoder.mean(z)
+        return mean.cpu().numpy().astype(Z.dtype, copy=False)
 
     def score_samples(self, X):
         """Per-sample score (see the estimator: log-likelihood or ELBO).
-
-        Deterministic: the integration nodes are fixed by ``random_state``
-        and shared by all rows.
 
         Parameters
         ----------
@@ -438,9 +414,7 @@ class LatentVariableModel(
         -------
         scores : ndarray of shape (n_samples,)
         """
-        check_is_fitted(self)
-        rule = self._evaluation_rule(self.n_components)
-        return self._predict(X, self._score_samples_tensor, rule)
+        return self._score_samples(X)
 
     def score(self, X, y=None):
         """Mean of :meth:`score_samples` over ``X``.
@@ -448,17 +422,16 @@ class LatentVariableModel(
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-        y : None
-            Ignored.
+        y : array-like of shape (n_samples,) or (n_samples, k), default=None
+            The auxiliary variable u of a conditional model
+            (:class:`~sklearn_nlica.IdentifiableVAE`; None gives its bound on
+            log p(x)), ignored otherwise.
 
         Returns
         -------
         score : float
         """
-        return float(np.mean(self.score_samples(X)))
-
-    def _sample_latent(self, n_samples):
-        return torch.randn(n_samples, self.n_components, dtype=self._dtype)
+        return float(np.mean(self._score_samples(X, y)))
 
     def sample(self, n_samples=1, random_state=None):
         """Draw ``(X, Z)`` from the fitted generative model.
@@ -474,21 +447,20 @@ class LatentVariableModel(
         X : ndarray of shape (n_samples, n_features)
         Z : ndarray of shape (n_samples, n_components)
         """
-        return self._draw(n_samples, random_state)
+        return self._sample(n_samples, random_state)
 
-    def _draw(self, n_samples, random_state, **latent_kwargs):
-        """``sample``'s body; ``latent_kwargs`` go to ``_sample_latent``."""
+    def _sample(self, n_samples, random_state, condition=None):
         check_is_fitted(self)
-        if not isinstance(n_samples, Integral) or n_samples < 1:
-            raise ValueError(
-                f"n_samples must be a positive integer, got {n_samples!r}."
-            )
-        seed = _draw_seed(self.random_state if random_state is None else random_state)
-        device = self.device_
+        _count(n_samples, "n_samples")
+        seed = draw_seed(self.random_state if random_state is None else random_state)
+        extras = {
+            k: _as_tensor(v, self._dtype, torch.device("cpu"))
+            for k, v in (condition or {}).items()
+        }
         with seeded(seed, torch.device("cpu")), torch.no_grad():
-            z = self._sample_latent(n_samples, **latent_kwargs)
+            z = self.module_.sample_latent(n_samples, **extras)
             noise = torch.randn(n_samples, self.n_features_in_, dtype=self._dtype)
-            mean, variance = self.module_.decoder(z.to(device))
+            mean, variance = self.module_.decoder(z.to(self.device_))
             variance = variance.cpu()
             if variance.ndim:
                 variance = variance.unsqueeze(-1)
@@ -500,4 +472,12 @@ class LatentVariableModel(
         tags = super().__sklearn_tags__()
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         tags.non_deterministic = False
+        tags.target_tags.required = self._requires_y
         return tags
+
+
+def _as_tensor(array, dtype, device):
+    """Integer arrays (class codes) as int64, anything else in ``dtype``."""
+    array = np.asarray(array)
+    kind = torch.long if array.dtype.kind in "iu" else dtype
+    return torch.as_tensor(array, dtype=kind, device=device)

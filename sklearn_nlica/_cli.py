@@ -62,7 +62,13 @@ def build_parser():
         help="CSV or .npy file of shape (n_samples, n_features); "
         "omit it to use built-in generated data",
     )
-    model = parser.add_argument_group("model (the estimator's parameters)")
+    _add_model_options(parser.add_argument_group("model (the estimator's parameters)"))
+    _add_data_options(parser)
+    _add_output_options(parser.add_argument_group("output"))
+    return parser
+
+
+def _add_model_options(model):
     model.add_argument("-m", "--n-components", type=int, default=2)
     model.add_argument(
         "--hidden-layer-sizes",
@@ -86,6 +92,9 @@ def build_parser():
     model.add_argument("--early-stopping", action="store_true", default=None)
     model.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps, auto")
     model.add_argument("--random-state", type=int, default=0)
+
+
+def _add_data_options(parser):
     builtin = parser.add_argument_group("built-in data (when no file is given)")
     builtin.add_argument("--n-samples", type=int, default=2000)
     builtin.add_argument("--n-features", type=int, default=10)
@@ -113,7 +122,9 @@ def build_parser():
         metavar="FILE",
         help="u in its own CSV or .npy file, one row per sample",
     )
-    out = parser.add_argument_group("output")
+
+
+def _add_output_options(out):
     out.add_argument(
         "-o",
         "--output",
@@ -133,7 +144,6 @@ def build_parser():
         help="fit on the raw data instead of standardised data",
     )
     out.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    return parser
 
 
 def load_data(path):
@@ -237,69 +247,76 @@ def plot_latents(path, Z, S=None):
     plt.close(fig)
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    from sklearn_nlica.metrics import mean_correlation_coefficient, procrustes_disparity
+def load(args):
+    """The data (X, true sources or None, u or None) and a description."""
+    if args.data is None:
+        X, S, U = builtin_data(args)
+        generator = "make_segmented_sources" if U is not None else "make_nonlinear_ica"
+        shape = f"{X.shape[0]} x {X.shape[1]}, {args.n_components} sources"
+        return X, S, U, f"built-in {generator} data ({shape})"
+    X, U = file_data(args)
+    return X, None, U, f"{args.data} ({X.shape[0]} x {X.shape[1]})"
 
-    try:
-        if args.data is None:
-            X, S, U = builtin_data(args)
-            generator = (
-                "make_segmented_sources" if U is not None else "make_nonlinear_ica"
-            )
-            source = (
-                f"built-in {generator} data ({X.shape[0]} x {X.shape[1]}, "
-                f"{args.n_components} sources)"
-            )
-        else:
-            (X, U), S = file_data(args), None
-            source = f"{args.data} ({X.shape[0]} x {X.shape[1]})"
-        # Only the iVAE takes u (as y); the others ignore a given --aux.
-        aux = (U,) if args.estimator == "ivae" else ()
-        cls = _estimator_class(args.estimator)
-        estimator = cls(**estimator_params(cls, args))
-        model = (
-            estimator
-            if args.no_standardize
-            else make_pipeline(StandardScaler(), estimator)
-        )
-        print(f"nlica: fitting {cls.__name__} on {source}", flush=True)
-        start = time.perf_counter()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConvergenceWarning)
-            model.fit(X, *aux)
-    except (ValueError, TypeError, FloatingPointError) as exc:
-        raise SystemExit(f"nlica: {type(exc).__name__}: {exc}") from None
+
+def fit(args, X, aux):
+    """Fit the estimator (in a pipeline after a StandardScaler, by default)."""
+    cls = _estimator_class(args.estimator)
+    estimator = cls(**estimator_params(cls, args))
+    model = (
+        estimator if args.no_standardize else make_pipeline(StandardScaler(), estimator)
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        model.fit(X, *aux)
     if any(issubclass(w.category, ConvergenceWarning) for w in caught):
         print("  note: max_iter reached before convergence; try a larger --max-iter")
-    elapsed = time.perf_counter() - start
-    Z = model.transform(X)
-    X_hat = model.inverse_transform(Z)
+    return model, estimator
 
-    print(f"  epochs               {estimator.n_iter_}  ({elapsed:.1f} s)")
+
+def report(args, model, estimator, X, S, aux):
+    """Print the scores; return the latent representation."""
+    from sklearn_nlica.metrics import mean_correlation_coefficient, procrustes_disparity
+
+    Z = model.transform(X)
+    variational = hasattr(estimator, "log_likelihood")
+    kind = "ELBO" if variational else "log-likelihood"
     print(
-        f"  score                {model.score(X, *aux):.4f}  "
-        f"(mean {'ELBO' if hasattr(estimator, 'log_likelihood') else 'log-likelihood'}"
-        " per sample)"
+        f"  score                {model.score(X, *aux):.4f}  (mean {kind} per sample)"
     )
-    if hasattr(estimator, "log_likelihood"):
+    if variational:
         Xs = X if args.no_standardize else model[:-1].transform(X)
-        print(
-            f"  log-likelihood       {estimator.log_likelihood(Xs, *aux).mean():.4f}  "
-            "(importance-weighted)"
-        )
-    noise = estimator.noise_variance_
-    if noise is not None:
-        print(f"  noise variance       {noise:.4g}")
+        log_likelihood = estimator.log_likelihood(Xs, *aux).mean()
+        print(f"  log-likelihood       {log_likelihood:.4f}  (importance-weighted)")
+    if estimator.noise_variance_ is not None:
+        print(f"  noise variance       {estimator.noise_variance_:.4g}")
+    disparity = procrustes_disparity(X, model.inverse_transform(Z))
     print(
-        f"  reconstruction       {procrustes_disparity(X, X_hat):.4f}  "
-        "(Procrustes disparity, 0 = perfect)"
+        f"  reconstruction       {disparity:.4f}  (Procrustes disparity, 0 = perfect)"
     )
     if S is not None:
+        mcc = mean_correlation_coefficient(S, Z)
         print(
-            f"  source recovery      {mean_correlation_coefficient(S, Z):.4f}  "
-            "(MCC against the true sources, 1 = perfect)"
+            f"  source recovery      {mcc:.4f}  (MCC against the true sources, "
+            "1 = perfect)"
         )
+    return Z
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        X, S, U, source = load(args)
+        # Only the iVAE takes u (as y); the others ignore a given --aux.
+        aux = (U,) if args.estimator == "ivae" else ()
+        name = ESTIMATORS[args.estimator]
+        print(f"nlica: fitting {name} on {source}", flush=True)
+        start = time.perf_counter()
+        model, estimator = fit(args, X, aux)
+    except (ValueError, TypeError, FloatingPointError) as exc:
+        raise SystemExit(f"nlica: {type(exc).__name__}: {exc}") from None
+    elapsed = time.perf_counter() - start
+    print(f"  epochs               {estimator.n_iter_}  ({elapsed:.1f} s)")
+    Z = report(args, model, estimator, X, S, aux)
     write_latents(args.output, Z)
     print(f"  latents written to   {args.output}")
     if args.plot is not None:

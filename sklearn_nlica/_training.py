@@ -1,19 +1,99 @@
-"""The skorch training driver shared by every estimator.
+"""The skorch training driver shared by every estimator, with its callbacks.
 
 The estimators' torch modules return a per-sample objective (log-likelihood
 or ELBO); :class:`ObjectiveNet` minimises minus its mean with skorch, which
-brings the history, the callbacks (progress, early stopping, LR schedules)
-and the device handling. skorch's default data path indexes a Dataset row by
-row; :class:`TensorBatches` instead slices whole tensors that already live on
-the device, which keeps skorch within a few percent of a bare torch loop.
+brings the history, the callbacks and the device handling. skorch's default
+data path indexes a Dataset row by row; :class:`TensorBatches` instead slices
+whole tensors that already live on the device, which keeps skorch within a
+few percent of a bare torch loop.
+
+Every training policy lives here: batching and the hold-out split, device
+and seed handling, the non-finite guard, the progress bar, early stopping
+that starts after a warm-up, the KL warm-up, the cosine learning-rate
+schedule and the linear warm start. An estimator states what it needs in a
+:class:`TrainingPlan`.
 """
 
+import contextlib
 import math
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
+from sklearn.utils import check_random_state
 from skorch import NeuralNet
-from skorch.callbacks import Callback
+from skorch.callbacks import Callback, EarlyStopping, Freezer, LRScheduler, Unfreezer
 from skorch.utils import TeeGenerator
+
+# ---- device and seeds ----------------------------------------------------------
+
+
+def resolve_device(device):
+    """Turn the ``device`` parameter into an available ``torch.device``.
+
+    ``"auto"`` picks CUDA, then MPS, then the CPU. Asking for a device that
+    this machine does not have raises a ValueError naming it.
+    """
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device={device!r} is not a valid torch device.") from exc
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device={device!r} was requested but CUDA is not available on "
+                "this machine; use device='cpu' or 'auto'."
+            )
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device={device!r} was requested but this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s)."
+            )
+    elif resolved.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(
+                f"device={device!r} was requested but MPS is not available on "
+                "this machine; use device='cpu' or 'auto'."
+            )
+    elif resolved.type != "cpu":
+        raise ValueError(
+            f"device={device!r} is not supported; use 'cpu', 'cuda', 'cuda:N', "
+            "'mps' or 'auto'."
+        )
+    return resolved
+
+
+@contextlib.contextmanager
+def seeded(seed, device):
+    """Run the block on torch's global generators forked and seeded.
+
+    Everything random inside (initialisation, shuffling, integration nodes,
+    reparameterisation noise) is fixed by ``seed``, and the caller's own
+    global torch RNG state is restored afterwards, untouched.
+    """
+    if device.type == "cuda":
+        devices, device_type = list(range(torch.cuda.device_count())), "cuda"
+    elif device.type == "mps":
+        devices, device_type = [0], "mps"
+    else:
+        devices, device_type = [], "cuda"
+    with torch.random.fork_rng(devices=devices, device_type=device_type):
+        torch.manual_seed(seed)
+        yield
+
+
+def draw_seed(random_state):
+    """An int seed for torch drawn from a scikit-learn ``random_state``."""
+    return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+
+
+# ---- data ----------------------------------------------------------------------
 
 
 class TensorData:
@@ -76,9 +156,13 @@ class HoldOut:
     def __init__(self, validation_fraction):
         self.validation_fraction = validation_fraction
 
+    def n_valid(self, n_samples):
+        """Rows held out of ``n_samples``."""
+        return max(1, round(self.validation_fraction * n_samples))
+
     def __call__(self, dataset, y=None, **kwargs):
         n = len(dataset)
-        n_valid = max(1, round(self.validation_fraction * n))
+        n_valid = self.n_valid(n)
         if n - n_valid < 1:
             raise ValueError(
                 f"validation_fraction={self.validation_fraction} leaves no training "
@@ -86,6 +170,98 @@ class HoldOut:
             )
         order = torch.randperm(n).to(dataset.x.device)
         return dataset.take(order[n_valid:]), dataset.take(order[:n_valid])
+
+
+# ---- the net -------------------------------------------------------------------
+
+
+@dataclass
+class TrainingPlan:
+    """How an estimator trains: the net class and its extra arguments, the
+    callbacks of its recipe, and the leading epochs that optimise something
+    other than the final objective (a warm-up, not judged for convergence)."""
+
+    net_class: type = None
+    net_kwargs: dict = field(default_factory=dict)
+    callbacks: list = field(default_factory=list)
+    warm_epochs: int = 0
+
+
+class _NoCriterion(torch.nn.Module):
+    """skorch wants a criterion; the module's output already is the objective."""
+
+    def forward(self, objective):
+        return -objective.mean()
+
+
+def _objective(y_pred):
+    # A module may return the objective with closed-form values (TrainingStep).
+    return y_pred[0] if isinstance(y_pred, tuple) else y_pred
+
+
+class ObjectiveNet(NeuralNet):
+    """A skorch ``NeuralNet`` whose loss is minus the module's mean objective.
+
+    The module's ``forward`` returns one objective value per sample (to be
+    maximised), or a ``TrainingStep`` whose closed-form values the module
+    writes into itself (``apply_closed_form``) after each optimizer step.
+    ``alternating=True`` switches to one step per parameter group and batch,
+    each moving that group alone, with the groups given by the module's
+    ``alternating_groups()`` (coordinate ascent).
+    """
+
+    def __init__(self, module, *args, alternating=False, **kwargs):
+        super().__init__(module, *args, criterion=_NoCriterion, **kwargs)
+        self.alternating = alternating
+
+    def get_loss(self, y_pred, y_true, X=None, training=False):
+        return self.criterion_(_objective(y_pred))
+
+    def get_dataset(self, X, y=None):
+        return X
+
+    def _set_training(self, training=True):
+        # skorch switches the mode at every step; walking the module tree each
+        # time costs ~5% of a small model's step, so only switch on a change.
+        if self.module_.training != training:
+            super()._set_training(training)
+
+    def train_step(self, batch, **fit_params):
+        groups = self.module_.alternating_groups() if self.alternating else None
+        if groups is None:
+            step = super().train_step(batch, **fit_params)
+        else:
+            step = self._alternating_step(batch, groups, **fit_params)
+        if isinstance(step["y_pred"], tuple):
+            self.module_.apply_closed_form(step["y_pred"].closed_form)
+        return step
+
+    def _alternating_step(self, batch, groups, **fit_params):
+        for group in groups:
+            self.optimizer_.zero_grad()
+            step = self.train_step_single(batch, **fit_params)
+            # Adam skips parameters without a gradient: only this group moves.
+            moving = {id(p) for p in group}
+            for param in self.module_.parameters():
+                if id(param) not in moving:
+                    param.grad = None
+            self.notify(
+                "on_grad_computed",
+                batch=batch,
+                training=True,
+                named_parameters=TeeGenerator(self.get_all_learnable_params()),
+            )
+            self.optimizer_.step()
+        return step
+
+    def on_train_end(self, net, **kwargs):
+        # A warm start may end with parameters still frozen; the fitted model
+        # leaves them all trainable.
+        for param in self.module_.parameters():
+            param.requires_grad_(True)
+
+
+# ---- callbacks -----------------------------------------------------------------
 
 
 class RaiseOnNonFinite(Callback):
@@ -131,53 +307,91 @@ class EpochProgressBar(Callback):
         return state
 
 
-class _NoCriterion(torch.nn.Module):
-    """skorch wants a criterion; the module's output already is the objective."""
+class EarlyStoppingAfter(EarlyStopping):
+    """skorch's early stopping, counting only once ``start_epoch`` epochs are
+    over: during a warm-up the objective is not yet the final one and rises
+    by design."""
 
-    def forward(self, objective):
-        return -objective.mean()
+    def __init__(self, start_epoch=0, **kwargs):
+        super().__init__(**kwargs)
+        self.start_epoch = start_epoch
+
+    def on_epoch_end(self, net, **kwargs):
+        if len(net.history) > self.start_epoch:
+            super().on_epoch_end(net, **kwargs)
 
 
-class ObjectiveNet(NeuralNet):
-    """A skorch ``NeuralNet`` whose loss is minus the module's mean objective.
+def converged(losses, n_iter_no_change, tol, start_epoch=0):
+    """Whether the last ``n_iter_no_change`` losses (after ``start_epoch``)
+    failed to improve on the best before them by more than ``tol``."""
+    losses = np.asarray(losses, dtype=float)[start_epoch:]
+    if len(losses) <= n_iter_no_change:
+        return False
+    best_before = losses[:-n_iter_no_change].min()
+    return losses[-n_iter_no_change:].min() > best_before - tol
 
-    The module's ``forward`` returns one objective value per sample (to be
-    maximised). ``alternating`` (a list of parameter-name prefixes, e.g.
-    ``["encoder.", "decoder."]``) switches to one step per group and batch,
-    each moving that group alone: the coordinate ascent of seed 004.
-    """
 
-    def __init__(self, module, *args, alternating=None, **kwargs):
-        super().__init__(module, *args, criterion=_NoCriterion, **kwargs)
-        self.alternating = alternating
+class KLWarmup(Callback):
+    """Raise the module's ``kl_weight`` linearly from 0 to 1 over the first
+    ``n_steps`` training steps (the warm-up of Sonderby et al., 2016)."""
 
-    def get_loss(self, y_pred, y_true, X=None, training=False):
-        return self.criterion_(y_pred)
+    def __init__(self, n_steps):
+        self.n_steps = n_steps
 
-    def get_dataset(self, X, y=None):
-        return X
+    def on_train_begin(self, net, **kwargs):
+        self.step_ = 0
+        net.module_.kl_weight = 0.0
 
-    def _set_training(self, training=True):
-        # skorch switches the mode at every step; walking the module tree each
-        # time costs ~5% of a small model's step, so only switch on a change.
-        if self.module_.training != training:
-            super()._set_training(training)
+    def on_batch_begin(self, net, batch=None, training=False, **kwargs):
+        # Validation batches (early stopping) are scored with the current weight.
+        if training:
+            net.module_.kl_weight = min(1.0, self.step_ / max(1, self.n_steps))
+            self.step_ += 1
 
-    def train_step(self, batch, **fit_params):
-        if self.alternating is None:
-            return super().train_step(batch, **fit_params)
-        for prefix in self.alternating:
-            self.optimizer_.zero_grad()
-            step = self.train_step_single(batch, **fit_params)
-            # Adam skips parameters without a gradient: only this group moves.
-            for name, param in self.module_.named_parameters():
-                if not name.startswith(prefix):
-                    param.grad = None
-            self.notify(
-                "on_grad_computed",
-                batch=batch,
-                training=True,
-                named_parameters=TeeGenerator(self.get_all_learnable_params()),
-            )
-            self.optimizer_.step()
-        return step
+    def on_train_end(self, net, **kwargs):
+        net.module_.kl_weight = 1.0
+
+
+class CosineDecay:
+    """The factor of a cosine learning-rate decay, for ``LambdaLR``: from 1 at
+    step 0 to ``final_fraction`` at ``n_steps``, then flat."""
+
+    def __init__(self, n_steps, final_fraction=0.0):
+        self.n_steps = n_steps
+        self.final_fraction = final_fraction
+
+    def __call__(self, step):
+        t = min(1.0, step / max(1, self.n_steps))
+        f = self.final_fraction
+        return f + (1 - f) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def cosine_schedule(n_steps):
+    """skorch's ``LRScheduler`` stepping a cosine decay to 0 at every batch."""
+    return LRScheduler(
+        policy=torch.optim.lr_scheduler.LambdaLR,
+        lr_lambda=CosineDecay(n_steps),
+        step_every="batch",
+        event_name=None,
+    )
+
+
+class _NameIn:
+    """A picklable parameter-name pattern for skorch's ``Freezer``."""
+
+    def __init__(self, names):
+        self.names = frozenset(names)
+
+    def __call__(self, name):
+        return name in self.names
+
+
+def linear_warm_start(module, n_epochs):
+    """Callbacks that freeze ``module.nonlinear_parameters()`` for the first
+    ``n_epochs`` epochs (skorch's ``Freezer`` and ``Unfreezer``)."""
+    frozen = {id(p) for p in module.nonlinear_parameters()}
+    names = _NameIn(name for name, p in module.named_parameters() if id(p) in frozen)
+    return [
+        ("linear_warm_start", Freezer(names, at=1)),
+        ("linear_warm_start_end", Unfreezer(names, at=n_epochs + 1)),
+    ]

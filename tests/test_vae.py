@@ -271,3 +271,16 @@ def test_feature_names_out_and_fit_transform():
     assert Z.shape == (100, 3)
     assert list(vae.get_feature_names_out()) == ["vaeica0", "vaeica1", "vaeica2"]
     np.testing.assert_array_equal(Z, vae.transform(X))
+
+
+def test_log_likelihood_of_a_dataframe_warns_nothing():
+    pd = pytest.importorskip("pandas")
+    X = ppca_data(200)
+    df = pd.DataFrame(X, columns=[f"f{i}" for i in range(X.shape[1])])
+    vae = VAEICA(max_iter=2, random_state=0).fit(df)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        values = vae.log_likelihood(df)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # X has no feature names
+        np.testing.assert_allclose(values, vae.log_likelihood(X), rtol=1e-12)
