@@ -2,11 +2,13 @@
 
 # SPDX-License-Identifier: BSD-3-Clause
 
-import numbers
+from numbers import Integral, Real
 
 import numpy as np
 from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import StrOptions, validate_params
 
+from .._validation import NotBoolInterval
 from ._mixing import MixingMLP, _well_conditioned_matrix
 
 _ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "gelu", "identity")
@@ -16,28 +18,9 @@ _ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "gelu", "identity")
 _LEAKY_RELU_SLOPE = 0.01
 
 
-def _check_int(name, value, minimum):
-    if (
-        not isinstance(value, numbers.Integral)
-        or isinstance(value, bool)
-        or value < minimum
-    ):
-        raise ValueError(f"{name} must be an int >= {minimum}; got {value!r}.")
-    return int(value)
-
-
-def _check_noise_std(noise_std):
-    if (
-        not isinstance(noise_std, numbers.Real)
-        or isinstance(noise_std, bool)
-        or not np.isfinite(noise_std)
-        or noise_std < 0
-    ):
-        raise ValueError(f"noise_std must be a finite float >= 0; got {noise_std!r}.")
-    return float(noise_std)
-
-
 def _check_range(name, value, positive=False):
+    # A pair of finite numbers in increasing order, which the parameter
+    # constraints (one value at a time) cannot express.
     try:
         low, high = (float(v) for v in value)
     except (TypeError, ValueError):
@@ -53,6 +36,23 @@ def _check_range(name, value, positive=False):
     return low, high
 
 
+_COUNT = NotBoolInterval(Integral, 1, None, closed="left")
+_STD = NotBoolInterval(Real, 0, None, closed="left")
+
+
+@validate_params(
+    {
+        "n_samples": [_COUNT],
+        "n_components": [_COUNT],
+        "n_features": [_COUNT],
+        "activation": [StrOptions(set(_ACTIVATIONS))],
+        "noise_std": [_STD],
+        "hidden_size": [_COUNT, None],
+        "random_state": ["random_state"],
+        "return_mixing": ["boolean"],
+    },
+    prefer_skip_nested_validation=True,
+)
 def make_nonlinear_ica(
     n_samples=1000,
     n_components=2,
@@ -150,16 +150,6 @@ def make_nonlinear_ica(
     >>> round(float(np.std(X - f(S))), 1)
     0.1
     """
-    n_samples = _check_int("n_samples", n_samples, 1)
-    n_components = _check_int("n_components", n_components, 1)
-    n_features = _check_int("n_features", n_features, 1)
-    if activation not in _ACTIVATIONS:
-        raise ValueError(
-            f"activation must be one of {_ACTIVATIONS}; got {activation!r}."
-        )
-    noise_std = _check_noise_std(noise_std)
-    if hidden_size is not None:
-        hidden_size = _check_int("hidden_size", hidden_size, 1)
     rng = check_random_state(random_state)
 
     if hidden_size is None:
@@ -186,6 +176,24 @@ def make_nonlinear_ica(
     return X, S
 
 
+@validate_params(
+    {
+        "n_segments": [_COUNT],
+        "n_per_segment": [_COUNT],
+        "n_components": [_COUNT],
+        "n_features": [_COUNT, None],
+        "n_layers": [_COUNT],
+        "noise_std": [_STD],
+        "std_range": ["array-like"],
+        "mean_range": ["array-like", None],
+        "negative_slope": [NotBoolInterval(Real, 0, None, closed="neither")],
+        "activation": [StrOptions({"leaky_relu", "xtanh"})],
+        "shuffle": ["boolean"],
+        "random_state": ["random_state"],
+        "return_mixing": ["boolean"],
+    },
+    prefer_skip_nested_validation=True,
+)
 def make_segmented_sources(
     n_segments=40,
     n_per_segment=250,
@@ -326,34 +334,16 @@ def make_segmented_sources(
     >>> bool(np.allclose(f.inverse(X), S))
     True
     """
-    n_segments = _check_int("n_segments", n_segments, 1)
-    n_per_segment = _check_int("n_per_segment", n_per_segment, 1)
-    n_components = _check_int("n_components", n_components, 1)
     if n_features is None:
         n_features = n_components
-    n_features = _check_int("n_features", n_features, 1)
     if n_features < n_components:
         raise ValueError(
             f"n_features ({n_features}) must be >= n_components ({n_components}) "
             "for the mixing to be invertible."
         )
-    n_layers = _check_int("n_layers", n_layers, 1)
-    noise_std = _check_noise_std(noise_std)
     std_low, std_high = _check_range("std_range", std_range, positive=True)
     if mean_range is not None:
         mean_low, mean_high = _check_range("mean_range", mean_range)
-    if (
-        not isinstance(negative_slope, numbers.Real)
-        or isinstance(negative_slope, bool)
-        or not (0 < negative_slope < np.inf)
-    ):
-        raise ValueError(
-            f"negative_slope must be a positive float; got {negative_slope!r}."
-        )
-    if activation not in ("leaky_relu", "xtanh"):
-        raise ValueError(
-            f"activation must be 'leaky_relu' or 'xtanh'; got {activation!r}."
-        )
     rng = check_random_state(random_state)
 
     coefs = [_well_conditioned_matrix(rng, n_components, n_features)]

@@ -5,6 +5,7 @@ ready-made reconstruction scorers."""
 
 import numpy as np
 from sklearn import get_config
+from sklearn.utils._param_validation import StrOptions, validate_params
 from sklearn.utils.metadata_routing import (
     UNCHANGED,
     MetadataRequest,
@@ -210,6 +211,14 @@ def _call_method(estimator, method, data, mode):
     return getattr(estimator, method)(data)
 
 
+@validate_params(
+    {
+        "metric": [StrOptions(set(_METRICS)), callable],
+        "mode": [StrOptions(set(_MODES))],
+        "greater_is_better": ["boolean"],
+    },
+    prefer_skip_nested_validation=True,
+)
 def make_latent_scorer(
     metric, *, mode="reconstruction", greater_is_better=True, **kwargs
 ):
@@ -295,24 +304,13 @@ def make_latent_scorer(
     >>> bool(0 < search.best_score_ <= 1)
     True
     """
-    if mode not in _MODES:
-        raise ValueError(f"mode must be one of {_MODES}; got {mode!r}.")
     if isinstance(metric, str):
-        if metric not in _METRICS:
-            raise ValueError(
-                f"metric must be one of {tuple(_METRICS)} or a callable; "
-                f"got {metric!r}."
-            )
         score_func, sign = _METRICS[metric]
         name = repr(metric)
-    elif callable(metric):
+    else:
         score_func = metric
         sign = 1 if greater_is_better else -1
         name = getattr(metric, "__name__", repr(metric))
-    else:
-        raise TypeError(
-            f"metric must be a string or a callable; got {type(metric).__name__}."
-        )
     return _LatentModelScorer(
         score_func, mode=mode, sign=sign, kwargs=dict(kwargs), name=name
     )

@@ -3,13 +3,16 @@ correlation coefficient, with their shared input validation and numerics."""
 
 # SPDX-License-Identifier: BSD-3-Clause
 
-import numbers
+from numbers import Integral
 
 import numpy as np
 from scipy import linalg
 from scipy.optimize import linear_sum_assignment
 from scipy.stats import rankdata
 from sklearn.utils import check_array, check_consistent_length
+from sklearn.utils._param_validation import StrOptions, validate_params
+
+from .._validation import NotBoolInterval
 
 # ---------------------------------------------------------------------------
 # Input validation and shared numerics
@@ -99,6 +102,10 @@ def _orthonormal_basis(M):
 # ---------------------------------------------------------------------------
 
 
+@validate_params(
+    {"A": ["array-like"], "B": ["array-like"]},
+    prefer_skip_nested_validation=True,
+)
 def procrustes_disparity(A, B):
     """Orthogonal Procrustes disparity between two configurations.
 
@@ -176,6 +183,14 @@ def procrustes_disparity(A, B):
     return float(np.clip(1.0 - nuclear**2, 0.0, 1.0))
 
 
+@validate_params(
+    {
+        "A": ["array-like"],
+        "B": ["array-like"],
+        "n_components": [NotBoolInterval(Integral, 1, None, closed="left"), None],
+    },
+    prefer_skip_nested_validation=True,
+)
 def cca_score(A, B, *, n_components=1):
     """Sample canonical correlations between two data matrices.
 
@@ -242,16 +257,12 @@ def cca_score(A, B, *, n_components=1):
     max_components = min(A.shape[1], B.shape[1])
     if n_components is None:
         n_components_ = max_components
-    elif (
-        isinstance(n_components, numbers.Integral)
-        and not isinstance(n_components, bool)
-        and 1 <= n_components <= max_components
-    ):
+    elif n_components <= max_components:
         n_components_ = int(n_components)
     else:
         raise ValueError(
-            "n_components must be None or an int in [1, min(n_features_a, "
-            f"n_features_b)] = [1, {max_components}]; got {n_components!r}."
+            "n_components must be at most min(n_features_a, n_features_b) = "
+            f"{max_components}; got {n_components!r}."
         )
 
     Q_a = _orthonormal_basis(A)
@@ -265,6 +276,14 @@ def cca_score(A, B, *, n_components=1):
     return correlations[:n_components_]
 
 
+@validate_params(
+    {
+        "A": ["array-like"],
+        "B": ["array-like"],
+        "method": [StrOptions({"pearson", "spearman"})],
+    },
+    prefer_skip_nested_validation=True,
+)
 def mean_correlation_coefficient(A, B, *, method="pearson"):
     """Mean correlation coefficient (MCC) between matched columns.
 
@@ -313,8 +332,6 @@ def mean_correlation_coefficient(A, B, *, method="pearson"):
     >>> round(mean_correlation_coefficient(S, np.exp(S), method="spearman"), 12)
     1.0
     """
-    if method not in ("pearson", "spearman"):
-        raise ValueError(f"method must be 'pearson' or 'spearman'; got {method!r}.")
     A, B = _check_pair(A, B)
     if method == "spearman":
         A = rankdata(A, axis=0)
