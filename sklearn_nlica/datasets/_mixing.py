@@ -1,5 +1,5 @@
-"""The mixing functions: activations and their inverses, the MixingMLP
-returned by the generators, and well-conditioned random matrices."""
+"""Mixing functions: activations and their inverses, the MixingMLP returned by
+the generators, and the well-conditioned random matrices of its layers."""
 
 # SPDX-License-Identifier: BSD-3-Clause
 
@@ -178,15 +178,16 @@ class MixingMLP:
 
 
 # How many candidate matrices are drawn to estimate the condition-number
-# quantile below which a mixing matrix is accepted; the original study used
-# 10^4 draws once per dimension, which is needlessly slow for a generator.
+# quantile below which a mixing matrix is accepted; the iVAE authors' code
+# draws 10^4 per matrix, which is needlessly slow for a generator.
 _N_CONDITION_DRAWS = 256
 
 
-def _well_conditioned_matrix(rng, n_in, n_out):
+def well_conditioned_matrix(rng, n_in, n_out):
     """Random matrix with unit-norm columns and a small condition number.
 
-    Following Khemakhem et al.: entries U(-1, 1), columns normalised, and
+    As in the simulations of Khemakhem, Kingma, Monti and Hyvarinen (2020):
+    entries U(-1, 1), columns normalised, and
     accepted only below the 25th percentile of the condition number of such
     matrices. Drawing a batch and picking uniformly among its lower quarter
     samples the same conditional distribution as their rejection loop, with

@@ -1,5 +1,5 @@
 """The metrics: Procrustes disparity, canonical correlations and the mean
-correlation coefficient, with their shared input validation and numerics."""
+correlation coefficient, with their input validation and shared numerics."""
 
 # SPDX-License-Identifier: BSD-3-Clause
 
@@ -142,16 +142,24 @@ def procrustes_disparity(A, B):
 
     Notes
     -----
-    With ``A`` and ``B`` standardised, the optimal orthogonal ``R`` and scale
-    ``s`` of ``B`` give the residual ``1 - s**2`` where ``s`` is the sum of
-    the singular values of ``A.T @ B`` (the nuclear norm). Zero-padding the
-    narrower matrix adds only zero singular values, so the padding is implicit.
+    With ``A`` and ``B`` standardised, the optimal orthogonal ``R`` [1]_ and
+    scale ``s`` of ``B`` give the residual ``1 - s**2`` where ``s`` is the
+    sum of the singular values of ``A.T @ B`` (the nuclear norm) [2]_.
+    Zero-padding the narrower matrix adds only zero singular values, so the
+    padding is implicit.
 
     On two independent standard normal matrices with ``n_samples`` rows and
     ``p`` columns the disparity is about ``1 - c**2 * p / n_samples`` with
     ``c`` the mean singular value of the product of two Gaussian matrices
     (``c = 8 / (3 pi)`` for ``p << n_samples``): it stays near 1 as ``p``
     grows, unlike the first canonical correlation.
+
+    References
+    ----------
+    .. [1] P. H. Schönemann, "A generalized solution of the orthogonal
+       Procrustes problem", Psychometrika 31(1), 1-10, 1966.
+    .. [2] J. C. Gower, "Generalized Procrustes analysis", Psychometrika
+       40(1), 33-51, 1975.
 
     Examples
     --------
@@ -194,7 +202,7 @@ def procrustes_disparity(A, B):
 def cca_score(A, B, *, n_components=1):
     """Sample canonical correlations between two data matrices.
 
-    The k-th canonical correlation is the largest correlation between a
+    The k-th canonical correlation [1]_ is the largest correlation between a
     linear combination of the columns of ``A`` and one of the columns of
     ``B``, uncorrelated with the first k - 1 such pairs.
 
@@ -231,7 +239,7 @@ def cca_score(A, B, *, n_components=1):
     -----
     The correlations are the singular values of ``Q_A.T @ Q_B``, where
     ``Q_A`` and ``Q_B`` are orthonormal bases of the column spaces of the
-    centred matrices, obtained by QR decomposition. No covariance matrix is
+    centred matrices, obtained by QR decomposition [2]_. No covariance matrix is
     formed or inverted, so the result stays accurate when the columns are
     nearly collinear.
 
@@ -240,6 +248,14 @@ def cca_score(A, B, *, n_components=1):
     close to ``2 * sqrt(g * (1 - g))`` with ``g = p / n`` (Wachter's edge),
     0.6 at ``p = 500, n = 5000``. It is therefore a poor measure of
     dissimilarity across dimensions.
+
+    References
+    ----------
+    .. [1] H. Hotelling, "Relations between two sets of variates",
+       Biometrika 28(3/4), 321-377, 1936.
+    .. [2] A. Björck and G. H. Golub, "Numerical methods for computing angles
+       between linear subspaces", Mathematics of Computation 27(123),
+       579-594, 1973.
 
     Examples
     --------
@@ -288,10 +304,11 @@ def mean_correlation_coefficient(A, B, *, method="pearson"):
     """Mean correlation coefficient (MCC) between matched columns.
 
     Each column of ``A`` is paired with at most one column of ``B`` so that
-    the sum of absolute correlations is maximal (the Hungarian algorithm),
-    and the matched absolute correlations are averaged. It is the standard
-    measure of source recovery in the nonlinear ICA literature: 1 means that
-    every source is recovered up to permutation, sign and scale.
+    the sum of absolute correlations is maximal (the Hungarian algorithm
+    [1]_), and the matched absolute correlations are averaged. It is the
+    standard measure of source recovery in the nonlinear ICA literature
+    [2]_, [3]_: 1 means that every source is recovered up to permutation,
+    sign and scale.
 
     Parameters
     ----------
@@ -319,6 +336,16 @@ def mean_correlation_coefficient(A, B, *, method="pearson"):
     See Also
     --------
     scipy.optimize.linear_sum_assignment : The matching used here.
+
+    References
+    ----------
+    .. [1] H. W. Kuhn, "The Hungarian method for the assignment problem",
+       Naval Research Logistics Quarterly 2(1-2), 83-97, 1955.
+    .. [2] A. Hyvarinen and H. Morioka, "Unsupervised feature extraction by
+       time-contrastive learning and nonlinear ICA", NeurIPS 2016.
+    .. [3] I. Khemakhem, D. P. Kingma, R. P. Monti and A. Hyvarinen,
+       "Variational autoencoders and nonlinear ICA: a unifying framework",
+       AISTATS 2020.
 
     Examples
     --------
