@@ -19,13 +19,22 @@ the scorers plug them into :class:`~sklearn.model_selection.GridSearchCV`,
 
 # SPDX-License-Identifier: BSD-3-Clause
 
-from ._scorers import (
-    cca_scorer,
-    make_latent_scorer,
-    mcc_scorer,
-    procrustes_scorer,
-)
+from . import _scorers
+from ._scorers import make_latent_scorer
 from ._scores import cca_score, mean_correlation_coefficient, procrustes_disparity
+
+# The ready-made scorers, re-exported here with their documentation.
+
+#: Minus the Procrustes disparity between ``X`` and its reconstruction
+#: ``inverse_transform(transform(X))``; greater is better, 0 is perfect.
+procrustes_scorer = _scorers.procrustes_scorer
+
+#: First canonical correlation between ``X`` and its reconstruction.
+cca_scorer = _scorers.cca_scorer
+
+#: Mean correlation coefficient between ``X`` and its reconstruction. For
+#: source recovery use ``make_latent_scorer("mcc", mode="latent")``.
+mcc_scorer = _scorers.mcc_scorer
 
 __all__ = [
     "cca_score",

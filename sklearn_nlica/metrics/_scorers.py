@@ -316,13 +316,8 @@ def make_latent_scorer(
     )
 
 
-#: Minus the Procrustes disparity between ``X`` and its reconstruction
-#: ``inverse_transform(transform(X))``; greater is better, 0 is perfect.
+# The ready-made scorers; their API documentation is where they are
+# re-exported, in metrics/__init__.py.
 procrustes_scorer = make_latent_scorer("procrustes")
-
-#: First canonical correlation between ``X`` and its reconstruction.
 cca_scorer = make_latent_scorer("cca")
-
-#: Mean correlation coefficient between ``X`` and its reconstruction. For
-#: source recovery use ``make_latent_scorer("mcc", mode="latent")``.
 mcc_scorer = make_latent_scorer("mcc")
