@@ -377,3 +377,128 @@ def test_input_name_in_message(metric):
 def test_accepts_lists_and_returns_python_float(metric):
     score = metric(GOOD.tolist(), (GOOD**3).tolist())
     assert isinstance(score, float) and 0 <= score <= 1
+
+
+# ---------------------------------------------------------------------------
+# Extreme but finite inputs
+# ---------------------------------------------------------------------------
+#
+# Sums of squares of entries below 1e-154 underflow and above 1e154 overflow,
+# so every metric must rescale before it squares. Column scales are drawn as
+# powers of ten up to 1e150 either way: a rescaled copy then still fits in a
+# float64 (|entries| < 1e300 * a few).
+
+exponents = st.integers(-150, 150)
+EXTREME = settings(max_examples=40, deadline=None)
+
+
+def _column_scales(exps):
+    return 10.0 ** np.asarray(exps, dtype=np.float64)
+
+
+@pytest.mark.parametrize("scale", [1e-170, 1e170, 1e-300, 1e300, 1e-310, 1e307])
+def test_metrics_ideal_for_a_tiny_or_huge_matrix_against_itself(scale):
+    A = _gaussian(0, 50, 3)
+    A = scale * A / np.abs(A).max()
+    assert procrustes_disparity(A, A) == pytest.approx(0, abs=1e-12)
+    assert mean_correlation_coefficient(A, A) == pytest.approx(1, abs=1e-12)
+    assert mean_correlation_coefficient(A, A, method="spearman") == 1
+    np.testing.assert_allclose(cca_score(A, A, n_components=None), 1, atol=1e-12)
+
+
+def test_metrics_ideal_across_extreme_relative_scales():
+    A = _gaussian(0, 50, 3)
+    # The same configuration, one copy tiny, the other huge.
+    assert procrustes_disparity(1e-170 * A, 1e170 * A) == pytest.approx(0, abs=1e-12)
+    largest = np.nextafter(np.inf, 0)  # 1.797e308
+    assert procrustes_disparity(A / np.abs(A).max() * largest, A) == pytest.approx(
+        0, abs=1e-12
+    )
+    # Column sums that overflow.
+    S = np.array([[1.0, 1.0], [1.0, 2.0], [-1.0, 4.0], [0.5, -1.0]])
+    S[:, 0] *= largest
+    assert procrustes_disparity(S, S) == pytest.approx(0, abs=1e-12)
+    assert mean_correlation_coefficient(S, S) == pytest.approx(1, abs=1e-12)
+    np.testing.assert_allclose(cca_score(S, S, n_components=None), 1, atol=1e-12)
+    # Columns at 1e-200, 1 and 1e200.
+    D = A * np.array([1e-200, 1.0, 1e200])
+    assert mean_correlation_coefficient(D, D) == pytest.approx(1, abs=1e-12)
+    np.testing.assert_allclose(cca_score(D, D, n_components=None), 1, atol=1e-12)
+    assert procrustes_disparity(D, D) == pytest.approx(0, abs=1e-12)
+
+
+@EXTREME
+@given(
+    seed=seeds,
+    n=n_rows,
+    p=n_cols,
+    data=st.data(),
+    method=st.sampled_from(["pearson", "spearman"]),
+)
+def test_mcc_one_at_extreme_column_scales(seed, n, p, data, method):
+    rng = np.random.default_rng(seed)
+    scales = _column_scales(data.draw(st.lists(exponents, min_size=p, max_size=p)))
+    rescale = _column_scales(data.draw(st.lists(exponents, min_size=p, max_size=p)))
+    A = _gaussian(seed, n, p) * scales
+    signs = rng.choice([-1.0, 1.0], size=p)
+    perm = rng.permutation(p)
+    shift = rng.uniform(-100, 100, size=p) * scales[perm] * rescale
+    B = A[:, perm] * signs * rescale + shift
+    assert mean_correlation_coefficient(A, A, method=method) == pytest.approx(
+        1, abs=1e-9
+    )
+    assert mean_correlation_coefficient(A, B, method=method) == pytest.approx(
+        1, abs=1e-9
+    )
+
+
+@EXTREME
+@given(seed=seeds, n=n_rows, p=n_cols, data=st.data())
+def test_cca_one_at_extreme_column_scales(seed, n, p, data):
+    # B is an invertible affine map of A: B = A @ inv(D_a) @ M @ D_b + shift.
+    scales_a = _column_scales(data.draw(st.lists(exponents, min_size=p, max_size=p)))
+    scales_b = _column_scales(data.draw(st.lists(exponents, min_size=p, max_size=p)))
+    G = _gaussian(seed, n, p)
+    M = _gaussian(seed + 1, p, p) + 3 * np.eye(p)  # invertible, well conditioned
+    A = G * scales_a
+    B = (G @ M + np.random.default_rng(seed).uniform(-100, 100, p)) * scales_b
+    np.testing.assert_allclose(cca_score(A, A, n_components=None), 1, atol=1e-8)
+    np.testing.assert_allclose(cca_score(A, B, n_components=None), 1, atol=1e-8)
+
+
+@EXTREME
+@given(seed=seeds, n=n_rows, p=st.integers(2, 4), data=st.data())
+def test_procrustes_zero_at_extreme_scales(seed, n, p, data):
+    scales = _column_scales(data.draw(st.lists(exponents, min_size=p, max_size=p)))
+    c = 10.0 ** data.draw(exponents)
+    A = _gaussian(seed, n, p) * scales
+    Q = ortho_group.rvs(p, random_state=seed)
+    B = c * (A @ Q + np.random.default_rng(seed).uniform(-100, 100, p) * scales.max())
+    assert procrustes_disparity(A, A) == pytest.approx(0, abs=1e-12)
+    assert procrustes_disparity(A, B) == pytest.approx(0, abs=1e-9)
+    assert procrustes_disparity(B, A) == pytest.approx(0, abs=1e-9)
+
+
+finite_floats = st.floats(allow_nan=False, allow_infinity=False, width=64)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    data=st.data(),
+    n=st.integers(2, 6),
+    p=st.integers(1, 3),
+    q=st.integers(1, 3),
+)
+def test_metrics_finite_and_in_range_for_any_finite_input(data, n, p, q):
+    # Any finite entries, from subnormals to 1.8e308 and mixed: no NaN, no
+    # inf, values in [0, 1].
+    A = np.array(data.draw(st.lists(finite_floats, min_size=n * p, max_size=n * p)))
+    B = np.array(data.draw(st.lists(finite_floats, min_size=n * q, max_size=n * q)))
+    A, B = A.reshape(n, p), B.reshape(n, q)
+    for value in (
+        procrustes_disparity(A, B),
+        mean_correlation_coefficient(A, B),
+        mean_correlation_coefficient(A, B, method="spearman"),
+        *cca_score(A, B, n_components=None),
+    ):
+        assert np.isfinite(value) and 0 <= value <= 1

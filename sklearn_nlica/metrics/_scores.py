@@ -53,6 +53,22 @@ def _check_pair(A, B):
     return A, B
 
 
+def _rescale(M, axis=None):
+    """Scale by a power of two so that the largest |entry| lies in [0.5, 1).
+
+    With ``axis=0`` each column is scaled on its own. Squares of entries
+    below about 1e-154 underflow and above 1e154 overflow, which turned
+    tiny or huge matrices (or columns) into "no spread" or NaN; after this,
+    sums of squares are safe for any finite input. A power of two scales
+    exactly (entries that become subnormal are negligible next to the
+    largest one), and all the metrics are scale invariant, so results at
+    ordinary scales are unchanged.
+    """
+    largest = np.max(np.abs(M), axis=axis, keepdims=axis is not None)
+    _, exponent = np.frexp(largest)
+    return np.ldexp(M, -exponent)
+
+
 def _zero_spread_tol(M):
     # Centring a constant column leaves round-off of order eps * n * |value|
     # (the error of the column mean), not exact zeros, so "no spread" must be
@@ -66,6 +82,7 @@ def _standardize_columns(M):
     Columns without spread become zero, so that they correlate with nothing
     instead of producing 0/0.
     """
+    M = _rescale(M, axis=0)
     centred = M - M.mean(axis=0)
     norms = np.linalg.norm(centred, axis=0)
     scale = np.linalg.norm(M, axis=0)
@@ -174,6 +191,8 @@ def procrustes_disparity(A, B):
     0.99
     """
     A, B = _check_pair(A, B)
+    A = _rescale(A)
+    B = _rescale(B)
     scale_a = np.linalg.norm(A)
     scale_b = np.linalg.norm(B)
     A = A - A.mean(axis=0)
