@@ -396,6 +396,7 @@ def _column_scales(exps):
     return 10.0 ** np.asarray(exps, dtype=np.float64)
 
 
+@pytest.mark.filterwarnings("error")
 @pytest.mark.parametrize("scale", [1e-170, 1e170, 1e-300, 1e300, 1e-310, 1e307])
 def test_metrics_ideal_for_a_tiny_or_huge_matrix_against_itself(scale):
     A = _gaussian(0, 50, 3)
@@ -406,6 +407,7 @@ def test_metrics_ideal_for_a_tiny_or_huge_matrix_against_itself(scale):
     np.testing.assert_allclose(cca_score(A, A, n_components=None), 1, atol=1e-12)
 
 
+@pytest.mark.filterwarnings("error")
 def test_metrics_ideal_across_extreme_relative_scales():
     A = _gaussian(0, 50, 3)
     # The same configuration, one copy tiny, the other huge.
@@ -482,6 +484,7 @@ def test_procrustes_zero_at_extreme_scales(seed, n, p, data):
 finite_floats = st.floats(allow_nan=False, allow_infinity=False, width=64)
 
 
+@pytest.mark.filterwarnings("error")
 @settings(max_examples=60, deadline=None)
 @given(
     data=st.data(),
@@ -491,14 +494,15 @@ finite_floats = st.floats(allow_nan=False, allow_infinity=False, width=64)
 )
 def test_metrics_finite_and_in_range_for_any_finite_input(data, n, p, q):
     # Any finite entries, from subnormals to 1.8e308 and mixed: no NaN, no
-    # inf, values in [0, 1].
+    # inf, no overflow or invalid operation on the way, values in [0, 1].
     A = np.array(data.draw(st.lists(finite_floats, min_size=n * p, max_size=n * p)))
     B = np.array(data.draw(st.lists(finite_floats, min_size=n * q, max_size=n * q)))
     A, B = A.reshape(n, p), B.reshape(n, q)
-    for value in (
-        procrustes_disparity(A, B),
-        mean_correlation_coefficient(A, B),
-        mean_correlation_coefficient(A, B, method="spearman"),
-        *cca_score(A, B, n_components=None),
-    ):
-        assert np.isfinite(value) and 0 <= value <= 1
+    with np.errstate(over="raise", divide="raise", invalid="raise"):
+        for value in (
+            procrustes_disparity(A, B),
+            mean_correlation_coefficient(A, B),
+            mean_correlation_coefficient(A, B, method="spearman"),
+            *cca_score(A, B, n_components=None),
+        ):
+            assert np.isfinite(value) and 0 <= value <= 1

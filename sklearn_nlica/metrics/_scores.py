@@ -21,15 +21,19 @@ from .._validation import NotBoolInterval
 
 def _check_matrix(M, name):
     try:
-        return check_array(
-            M,
-            dtype=np.float64,
-            ensure_2d=True,
-            ensure_min_samples=2,
-            ensure_min_features=1,
-            ensure_all_finite=True,
-            input_name=name,
-        )
+        # check_array first tests the sum of the entries for finiteness,
+        # which overflows (with a RuntimeWarning) for large finite entries,
+        # and then checks them one by one: the warning is noise.
+        with np.errstate(over="ignore", invalid="ignore"):
+            return check_array(
+                M,
+                dtype=np.float64,
+                ensure_2d=True,
+                ensure_min_samples=2,
+                ensure_min_features=1,
+                ensure_all_finite=True,
+                input_name=name,
+            )
     except ValueError as exc:
         # check_array names the input only in its NaN/inf messages; with two
         # matrices the user needs to know which one was rejected.
@@ -57,8 +61,8 @@ def _rescale(M, axis=None):
     """Scale by a power of two so that the largest |entry| lies in [0.5, 1).
 
     With ``axis=0`` each column is scaled on its own. Squares of entries
-    below about 1e-154 underflow and above 1e154 overflow, which turned
-    tiny or huge matrices (or columns) into "no spread" or NaN; after this,
+    below about 1e-154 underflow and above 1e154 overflow, so that a tiny or
+    huge matrix (or column) would pass for one without spread; after this,
     sums of squares are safe for any finite input. A power of two scales
     exactly (entries that become subnormal are negligible next to the
     largest one), and all the metrics are scale invariant, so results at
