@@ -12,8 +12,6 @@ from sklearn.base import clone
 
 from sklearn_nlica import _marginal
 from sklearn_nlica.integrators import (
-    _GENZ_KEISTER,
-    _GENZ_KEISTER_DEGREE,
     DEFAULT_INTEGRATOR,
     DEFAULT_N_NODES,
     INTEGRATORS,
@@ -25,9 +23,13 @@ from sklearn_nlica.integrators import (
     MonteCarlo,
     Rule,
     SparseGrid,
+    get_integrator,
+)
+from sklearn_nlica.integrators._sparse import (
+    _GENZ_KEISTER,
+    _GENZ_KEISTER_DEGREE,
     _genz_keister_1d,
     _smolyak,
-    get_integrator,
 )
 
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True)
