@@ -126,7 +126,7 @@ def test_cache_is_per_dtype_and_dropped_when_pickled():
     assert rule.rule(2, 9, dtype=torch.float32).nodes.dtype == torch.float32
     assert rule.rule(2, 9).nodes.dtype == torch.float64
     restored = pickle.loads(pickle.dumps(rule))
-    assert "_rule_cache" not in restored.__dict__
+    assert "_cache" not in restored.__dict__
     assert torch.equal(restored.rule(2, 9).nodes, rule.rule(2, 9).nodes)
 
 

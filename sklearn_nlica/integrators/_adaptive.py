@@ -1,22 +1,24 @@
 """The adaptive rule: nodes placed on each point's posterior."""
 
+import functools
 import math
 from numbers import Integral, Real
+from typing import NamedTuple
 
 import torch
+from sklearn.utils._param_validation import Interval, StrOptions
 
+from .._densities import LOG_2PI
 from ._base import (
-    _LOG_2PI,
     Integrator,
     Rule,
-    _check_sizes,
     _integer_root,
     _log_std_normal,
     _sobol_normal,
-    _uniform_log_weights,
+    _sobol_rule,
 )
-from ._prior import GaussHermite
-from ._sparse import SparseGrid
+from ._prior import _tensor_gauss_hermite
+from ._sparse import _sparse_grid_rule
 
 # The Laplace precision along each eigen-direction of the negated Hessian of the
 # log-posterior is |eigenvalue| (negative ones mean a saddle or a trough, where
@@ -37,8 +39,14 @@ _SAME_MODE = 1.0
 # Log-mass handicap (nats) of a Newton start that did not converge.
 _STALLED_PENALTY = 1000.0
 
-_TENSOR_GAUSS_HERMITE = GaussHermite()
-_SPARSE_GENZ_KEISTER = SparseGrid(univariate="genz_keister")
+
+class _Laplace(NamedTuple):
+    """Laplace components of B points' posteriors, C per point."""
+
+    mode: torch.Tensor  # (B, C, m)
+    eigenvalues: torch.Tensor  # (B, C, m), precisions along the eigenvectors
+    eigenvectors: torch.Tensor  # (B, C, m, m)
+    log_mass: torch.Tensor  # (B, C), Laplace estimates of the modes' masses
 
 
 class _LogPosterior:
@@ -107,17 +115,14 @@ def _safe_precision(hess):
     return eigenvalues.abs().clamp_min(_MIN_PRECISION), eigenvectors
 
 
-def _log_gaussian(z, mean, eigenvalues, eigenvectors):
-    """log N(z; mean, V diag(1/lam) V^T) for z (B, K, m) and C components.
-
-    mean, eigenvalues (B, C, m); eigenvectors (B, C, m, m). Returns (B, K, C).
-    """
-    diff = z[:, :, None, :] - mean[:, None, :, :]
-    rotated = torch.einsum("bcji,bkcj->bkci", eigenvectors, diff)
+def _log_gaussian(z, laplace):
+    """log q_c(z) = log N(z; mode_c, V diag(1/lam) V^T): (B, K, C) for z (B, K, m)."""
+    diff = z[:, :, None, :] - laplace.mode[:, None, :, :]
+    rotated = torch.einsum("bcji,bkcj->bkci", laplace.eigenvectors, diff)
     return (
-        -0.5 * (rotated**2 * eigenvalues[:, None]).sum(-1)
-        + 0.5 * eigenvalues.log().sum(-1)[:, None]
-        - 0.5 * z.shape[-1] * _LOG_2PI
+        -0.5 * (rotated**2 * laplace.eigenvalues[:, None]).sum(-1)
+        + 0.5 * laplace.eigenvalues.log().sum(-1)[:, None]
+        - 0.5 * z.shape[-1] * LOG_2PI
     )
 
 
@@ -149,22 +154,16 @@ class Adaptive(Integrator):
        the balance heuristic of multiple importance sampling, which keeps the
        rule consistent for any modes and scales.
 
-    Modes and scales are computed without gradients (detached): gradients flow
-    only through the integrand at the nodes. The rule is exact when the
-    posterior is Gaussian (a linear decoder), accurate to rounding for smooth
-    narrow posteriors, and to about 1e-3 nat on posteriors with separated
-    near-Gaussian modes. Its limit is posteriors that are neither: rings and
-    long curved ridges (few features, small noise, a decoder that folds or is
-    nearly flat along a curve), where 64 nodes leave errors of 0.01 to 0.1 nat
-    (see ``benchmarks/bench_integrators.py``); more nodes help slowly.
-
-    The defensive prior nodes give a floor: where no Laplace component
-    reaches, Q is about a_0 N(0, I) and those nodes weigh 1 / n_prior_nodes
-    each whatever a_0 is, so a missed mode is integrated as well as by prior
-    QMC instead of being lost (this is what turns errors of 100 nats on
-    curved ridges into errors below 1 nat). Where the Laplace components do
-    reach, the prior takes a share of order a_0 of the integral, integrated by
-    few nodes: a small a_0 keeps that cost near a_0 nats.
+    Modes and scales are detached: gradients flow only through the integrand
+    at the nodes. The rule is exact on Gaussian posteriors (a linear decoder)
+    and accurate on smooth narrow or separated near-Gaussian modes; its limit
+    is rings and long curved ridges (few features, small noise, a decoder that
+    folds or is nearly flat along a curve), where the error falls slowly with
+    the budget. The defensive prior nodes give a floor: where no Laplace
+    component reaches, Q is about a_0 N(0, I) and those nodes weigh
+    1 / n_prior_nodes each whatever a_0 is, so a missed mode is integrated as
+    by prior QMC instead of being lost; where the components do reach, the
+    prior's share of order a_0 of the integral costs about a_0 nats.
 
     ``n_nodes`` counts the nodes of the returned rule (per point); the search
     and the Newton steps evaluate the integrand at another
@@ -181,10 +180,7 @@ class Adaptive(Integrator):
         0 gives every node to the modes and removes the floor.
     n_search : int, default=1024
         Size of the shared QMC search set, which must put a local maximum
-        near every mode. On the bimodal benchmark at n = 20, sigma = 0.1
-        (narrower modes), 1024 nodes gave a mean error of 1.7e-3 nat against
-        4.6e-3 with 256, for up to 50% more time per rule at small n (the
-        search is one shared matrix product; the Newton steps cost the rest).
+        near every mode (narrow modes need a dense one).
     n_starts : int or None, default=None
         Newton starts per point; None means ``2 * n_modes``.
     max_iter : int, default=20
@@ -196,7 +192,7 @@ class Adaptive(Integrator):
 
     Notes
     -----
-    ``rule`` needs ``log_integrand``, a callable with this contract:
+    :meth:`rule` needs ``log_integrand``, a callable with this contract:
 
     - it takes z of shape (B, K, m) (a node set per point) or (1, K, m) (one
       node set shared by all B points), of the ``dtype`` and on the ``device``
@@ -210,7 +206,23 @@ class Adaptive(Integrator):
 
     The rule's nodes (B, K, m) are the points z at which to evaluate h_b (they
     are already on the posterior: do not map them further), with log-weights
-    (B, K).
+    (B, K), and signs (B, K) when the base rule has negative weights. One
+    component without the prior is adaptive Gauss-Hermite quadrature [1]_
+    [2]_; the mixture follows the balance heuristic [3]_ with a defensive
+    prior component [4]_.
+
+    References
+    ----------
+    .. [1] J. C. Naylor and A. F. M. Smith, "Applications of a method for the
+       efficient computation of posterior distributions", Journal of the Royal
+       Statistical Society, Series C (Applied Statistics), 31(3), 214-225,
+       1982.
+    .. [2] Q. Liu and D. A. Pierce, "A note on Gauss-Hermite quadrature",
+       Biometrika, 81(3), 624-629, 1994.
+    .. [3] E. Veach and L. J. Guibas, "Optimally combining sampling techniques
+       for Monte Carlo rendering", Proceedings of SIGGRAPH 95, 419-428, 1995.
+    .. [4] T. Hesterberg, "Weighted average importance sampling and defensive
+       mixture distributions", Technometrics, 37(2), 185-194, 1995.
 
     Examples
     --------
@@ -231,6 +243,15 @@ class Adaptive(Integrator):
     True
     """
 
+    _parameter_constraints = {
+        "n_modes": [Interval(Integral, 1, None, closed="left")],
+        "defensive": [Interval(Real, 0, 1, closed="left")],
+        "n_search": [Interval(Integral, 1, None, closed="left")],
+        "n_starts": [None, Interval(Integral, 1, None, closed="left")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "base": [StrOptions({"auto", "gauss_hermite", "sparse_grid", "qmc"})],
+    }
+
     def __init__(
         self,
         n_modes=2,
@@ -249,60 +270,11 @@ class Adaptive(Integrator):
 
     @property
     def is_adaptive(self):
+        """True: the nodes depend on the integrand, one set per point."""
         return True
 
-    def _check_params(self):
-        def positive_int(name, value):
-            if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-
-        positive_int("n_modes", self.n_modes)
-        positive_int("n_search", self.n_search)
-        positive_int("max_iter", self.max_iter)
-        if self.n_starts is not None:
-            positive_int("n_starts", self.n_starts)
-        if not isinstance(self.defensive, Real) or not 0 <= self.defensive < 1:
-            raise ValueError(f"defensive must be in [0, 1), got {self.defensive!r}.")
-        if self.base not in ("auto", "gauss_hermite", "sparse_grid", "qmc"):
-            raise ValueError(
-                "base must be 'auto', 'gauss_hermite', 'sparse_grid' or "
-                f"'qmc', got {self.base!r}."
-            )
-
-    def rule(
-        self,
-        n_dims,
-        n_nodes,
-        *,
-        dtype=torch.float64,
-        device="cpu",
-        generator=None,
-        log_integrand=None,
-    ):
-        """Per-point nodes and log-weights on the posteriors of ``log_integrand``.
-
-        Parameters
-        ----------
-        n_dims : int
-            Dimension m of the latent variable.
-        n_nodes : int
-            Nodes per point in the returned rule.
-        dtype : torch.dtype, default=torch.float64
-            Type of the returned tensors and of the z passed to ``log_integrand``.
-        device : str or torch.device, default="cpu"
-            Device of the returned tensors and of the z passed to ``log_integrand``.
-        generator : torch.Generator or None, default=None
-            CPU generator for the QMC scramblings (search set, prior nodes).
-        log_integrand : callable
-            See the class notes.
-
-        Returns
-        -------
-        rule : Rule
-            Nodes (B, K, m), log-weights (B, K), signs (B, K) or None.
-        """
-        n_dims, n_nodes = _check_sizes(n_dims, n_nodes)
-        self._check_params()
+    def _rule(self, n_dims, n_nodes, *, dtype, device, generator, log_integrand):
+        """Per-point nodes and log-weights on the posteriors of ``log_integrand``."""
         if log_integrand is None:
             raise ValueError(
                 "The adaptive integrator places its nodes on each point's "
@@ -310,54 +282,33 @@ class Adaptive(Integrator):
                 "(e.g. 'qmc' or 'gauss_hermite') for integrands that are "
                 "not given point by point."
             )
-        device = torch.device(device)
         # Small dense linear algebra in float64, which MPS lacks.
         work = torch.device("cpu") if device.type == "mps" else device
         posterior = _LogPosterior(log_integrand, dtype, device, work)
 
         n_modes, per_mode, prior_share = self._split_budget(n_nodes)
-        base_nodes, base_log_w, base_signs = self._base_rule(
-            n_dims, per_mode, generator
-        )
-        n_prior = n_nodes - n_modes * len(base_log_w) if prior_share > 0 else 0
+        base = self._base_rule(n_dims, per_mode, generator, work)
+        n_prior = n_nodes - n_modes * base.n_nodes if prior_share > 0 else 0
+        if not n_prior:
+            prior_share = 0.0
 
-        mode, eigenvalues, eigenvectors, log_mass = self._find_modes(
-            posterior, n_dims, n_modes, generator
-        )
-        log_mix = torch.log_softmax(log_mass, dim=1)
+        laplace = self._find_modes(posterior, n_dims, n_modes, generator)
+        log_mix = torch.log_softmax(laplace.log_mass, dim=1)
         if n_prior:
             log_mix = log_mix + math.log1p(-prior_share)
-
-        # Adapted nodes z = mode + V diag(lam^-1/2) e, for every component.
-        base_nodes = base_nodes.to(work)
-        scaled = base_nodes[None, None] * eigenvalues.rsqrt()[:, :, None, :]
-        z = mode[:, :, None, :] + torch.einsum("bcij,bckj->bcki", eigenvectors, scaled)
-        batch = z.shape[0]
-        z = z.reshape(batch, -1, n_dims)
-        log_w = (base_log_w.to(work)[None, None] + log_mix[:, :, None]).reshape(
-            batch, -1
-        )
+        z, log_w = _adapted_nodes(base, laplace, log_mix)
         if n_prior:
-            prior_nodes = _sobol_normal(n_dims, n_prior, generator).to(work)
-            z = torch.cat([z, prior_nodes.expand(batch, -1, -1)], dim=1)
-            prior_log_w = math.log(prior_share) - math.log(n_prior)
-            log_w = torch.cat([log_w, log_w.new_full((batch, n_prior), prior_log_w)], 1)
+            z, log_w = _add_prior_nodes(z, log_w, n_prior, prior_share, generator)
         # Weight the nodes the integrand will actually see (after rounding).
         z = z.to(dtype).to(torch.float64)
-
-        components = [
-            _log_gaussian(z, mode, eigenvalues, eigenvectors) + log_mix[:, None]
-        ]
-        if n_prior:
-            components.append((_log_std_normal(z) + math.log(prior_share))[..., None])
-        log_q = torch.logsumexp(torch.cat(components, dim=-1), dim=-1)
+        log_q = _log_proposal(z, laplace, log_mix, prior_share)
         log_w = log_w + _log_std_normal(z) - log_q
 
         signs = None
-        if base_signs is not None:
-            signs = base_signs.to(work).repeat(n_modes)
+        if base.signs is not None:
+            signs = base.signs.repeat(n_modes)
             signs = torch.cat([signs, signs.new_ones(n_prior)])
-            signs = signs.expand(batch, -1)
+            signs = signs.expand(z.shape[0], -1)
         return Rule(z, log_w, signs).to(dtype, device)
 
     def _split_budget(self, n_nodes):
@@ -369,47 +320,48 @@ class Adaptive(Integrator):
         prior_share = self.defensive if reserve else 0.0
         return n_modes, (n_nodes - reserve) // n_modes, prior_share
 
-    def _base_rule(self, n_dims, n_points, generator):
+    def _base_rule(self, n_dims, n_points, generator, work):
+        """The rule mapped through each component (float64, on ``work``)."""
         base = self.base
         if base == "auto":
             base = "gauss_hermite" if n_dims <= 3 else "sparse_grid"
         if base == "qmc":
-            return (
-                _sobol_normal(n_dims, n_points, generator),
-                _uniform_log_weights(n_points),
-                None,
-            )
+            return _sobol_rule(n_dims, n_points, generator).to(device=work)
         if base == "sparse_grid":
-            return _SPARSE_GENZ_KEISTER.rule(n_dims, n_points)
-        # An odd number of points per axis puts a node on the mode itself, which
-        # keeps the mode's own mass when the posterior curves away from the
-        # Laplace axes (where an even rule can miss it entirely).
-        k = _integer_root(n_points, n_dims)
-        k = max(1, k - 1 + k % 2)
-        return _TENSOR_GAUSS_HERMITE.rule(n_dims, k**n_dims)
+            key = ("base", base, n_dims, n_points, str(work))
+            build = functools.partial(
+                _sparse_grid_rule, "genz_keister", n_dims, n_points, self._cached
+            )
+        else:
+            # An odd number of points per axis puts a node on the mode itself,
+            # which keeps the mode's own mass when the posterior curves away
+            # from the Laplace axes (where an even rule can miss it entirely).
+            k = _integer_root(n_points, n_dims)
+            k = max(1, k - 1 + k % 2)
+            key = ("base", base, n_dims, k, str(work))
+            build = functools.partial(_tensor_gauss_hermite, n_dims, k)
+        return self._cached(key, lambda: build().to(device=work))
 
     def _find_modes(self, posterior, n_dims, n_modes, generator):
-        """Modes, Laplace precisions (eigen-decomposed) and log-masses (B, C)."""
+        """The ``n_modes`` Laplace components of every point's posterior."""
         search = _sobol_normal(n_dims, self.n_search, generator).to(posterior.work)
         values = posterior.values(search[None])
         starts = search[_local_maxima(search, values, self.n_starts or 2 * n_modes)]
         z, value, eigenvalues, eigenvectors, converged = self._newton(posterior, starts)
 
-        log_mass = value + 0.5 * n_dims * _LOG_2PI - 0.5 * eigenvalues.log().sum(-1)
-        # A start where the line search stalled is no mode, and its Laplace
-        # "mass" can be far too large (a wide, wrong scale): it would take a
-        # slot and swallow a true mode that lies within its width. It only
-        # counts when none of the point's starts converged.
+        log_mass = value + 0.5 * n_dims * LOG_2PI - 0.5 * eigenvalues.log().sum(-1)
+        # A stalled start is no mode, and its Laplace "mass" can be far too large
+        # (a wide, wrong scale): it would swallow a true mode within its width.
+        # It only counts when none of the point's starts converged.
         log_mass = torch.where(converged, log_mass, log_mass - _STALLED_PENALTY)
         return _distinct_modes(z, eigenvalues, eigenvectors, log_mass, n_modes)
 
     def _newton(self, posterior, z):
         """Batched Newton ascent from starts z (B, S, m).
 
-        Returns the end points, their log-posterior values, the eigenvalues
-        (made positive) and eigenvectors of the negated Hessian there, and
-        whether each start converged (its Newton decrement is below the
-        tolerance) rather than stalling or running out of iterations.
+        Returns the end points, their log-posterior values, the eigen-pairs of
+        the negated Hessian there (eigenvalues made positive), and whether each
+        start converged rather than stalled or ran out of iterations.
         """
         n_dims = z.shape[-1]
         rounding = 8 * torch.finfo(posterior.dtype).eps
@@ -443,6 +395,39 @@ class Adaptive(Integrator):
         return z, value, eigenvalues, eigenvectors, converged
 
 
+def _adapted_nodes(base, laplace, log_mix):
+    """Base nodes mapped through every component, z = mode + V diag(lam^-1/2) e.
+
+    Returns the nodes (B, C * K, m) and their log-weights before the balance
+    heuristic, ``log w + log a_c`` (B, C * K).
+    """
+    scaled = base.nodes[None, None] * laplace.eigenvalues.rsqrt()[:, :, None, :]
+    z = laplace.mode[:, :, None, :] + torch.einsum(
+        "bcij,bckj->bcki", laplace.eigenvectors, scaled
+    )
+    batch, n_dims = z.shape[0], z.shape[-1]
+    log_w = (base.log_weights[None, None] + log_mix[:, :, None]).reshape(batch, -1)
+    return z.reshape(batch, -1, n_dims), log_w
+
+
+def _add_prior_nodes(z, log_w, n_prior, prior_share, generator):
+    """Append ``n_prior`` scrambled Sobol prior nodes shared by every point."""
+    batch, _, n_dims = z.shape
+    prior_nodes = _sobol_normal(n_dims, n_prior, generator).to(z.device)
+    z = torch.cat([z, prior_nodes.expand(batch, -1, -1)], dim=1)
+    prior_log_w = math.log(prior_share) - math.log(n_prior)
+    log_w = torch.cat([log_w, log_w.new_full((batch, n_prior), prior_log_w)], 1)
+    return z, log_w
+
+
+def _log_proposal(z, laplace, log_mix, prior_share):
+    """log Q(z) of the mixture of the Laplace components and the prior (B, K)."""
+    components = [_log_gaussian(z, laplace) + log_mix[:, None]]
+    if prior_share:
+        components.append((_log_std_normal(z) + math.log(prior_share))[..., None])
+    return torch.logsumexp(torch.cat(components, dim=-1), dim=-1)
+
+
 def _local_maxima(search, values, n_starts):
     """Indices (B, n_starts) of starting nodes: the best discrete local maxima.
 
@@ -472,7 +457,7 @@ def _gather_slots(tensor, index):
 
 
 def _distinct_modes(mode, eigenvalues, eigenvectors, log_mass, n_modes):
-    """The ``n_modes`` most massive distinct modes per point.
+    """The Laplace components of the ``n_modes`` most massive distinct modes.
 
     When a point has fewer distinct modes, the most massive one fills the
     remaining slots and the slots share its mass, which leaves the mixture
@@ -502,7 +487,7 @@ def _distinct_modes(mode, eigenvalues, eigenvectors, log_mass, n_modes):
     top_value, slot = key.topk(n_modes, dim=1)
     slot = torch.where(torch.isfinite(top_value), slot, torch.zeros_like(slot))
     multiplicity = (slot[:, :, None] == slot[:, None, :]).sum(-1)
-    return (
+    return _Laplace(
         _gather_slots(mode, slot),
         _gather_slots(eigenvalues, slot),
         _gather_slots(eigenvectors, slot),

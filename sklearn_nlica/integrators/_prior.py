@@ -6,13 +6,14 @@ from numbers import Real
 import numpy as np
 import torch
 from scipy.special import roots_hermitenorm
+from sklearn.utils._param_validation import Interval
 
 from ._base import (
     Integrator,
     Rule,
     _integer_root,
     _log_std_normal,
-    _sobol_normal,
+    _sobol_rule,
     _uniform_log_weights,
 )
 
@@ -45,6 +46,14 @@ class QMC(Integrator):
     generator at every call, so the estimate is unbiased, with an error that
     decreases nearly like ``1 / n_nodes`` for smooth integrands.
 
+    References
+    ----------
+    .. [1] I. M. Sobol', "On the distribution of points in a cube and the
+       approximate evaluation of integrals", USSR Computational Mathematics
+       and Mathematical Physics, 7(4), 86-112, 1967.
+    .. [2] A. B. Owen, "Monte Carlo variance of scrambled net quadrature",
+       SIAM Journal on Numerical Analysis, 34(5), 1884-1910, 1997.
+
     Examples
     --------
     >>> import torch
@@ -55,20 +64,17 @@ class QMC(Integrator):
     """
 
     def _build(self, n_dims, n_nodes, generator):
-        n_points = 2 ** (n_nodes.bit_length() - 1)
-        return Rule(
-            _sobol_normal(n_dims, n_points, generator), _uniform_log_weights(n_points)
-        )
+        return _sobol_rule(n_dims, 2 ** (n_nodes.bit_length() - 1), generator)
 
 
 class Grid(Integrator):
     """Uniform tensor grid on [-l, l]^m weighted by prior density x cell volume.
 
     The midpoints of ``k = floor(n_nodes ** (1 / m))`` equal cells per axis,
-    node z weighted by ``(2 l / k) ** m * N(z; 0, I)``: the grid rule of the
-    source notes with the prior density and the cell volume that their version
-    omits. With ``half_width=2.5`` as in the notes the mass outside the box
-    leaves a 0.02-0.07 nat floor on log-likelihoods; the default 5 does not.
+    node z weighted by ``(2 l / k) ** m * N(z; 0, I)``: a midpoint rule for the
+    integral against the prior density. The mass of the prior outside the box
+    is lost, so that a narrow box (small ``l``) biases log-likelihoods
+    downwards unless ``normalize`` is set.
 
     Parameters
     ----------
@@ -89,6 +95,10 @@ class Grid(Integrator):
     1.0
     """
 
+    _parameter_constraints = {
+        "half_width": [Interval(Real, 0, None, closed="neither")],
+        "normalize": ["boolean"],
+    }
     _deterministic = True
 
     def __init__(self, half_width=5.0, normalize=False):
@@ -96,10 +106,6 @@ class Grid(Integrator):
         self.normalize = normalize
 
     def _build(self, n_dims, n_nodes, generator):
-        if not isinstance(self.half_width, Real) or not self.half_width > 0:
-            raise ValueError(
-                f"half_width must be a positive number, got {self.half_width!r}."
-            )
         k = _integer_root(n_nodes, n_dims)
         width = 2.0 * self.half_width / k
         axis = -self.half_width + width * (torch.arange(k, dtype=torch.float64) + 0.5)
@@ -120,11 +126,27 @@ def _gauss_hermite_1d(n_points):
     return x[keep], log_w[keep]
 
 
+def _tensor_gauss_hermite(n_dims, k):
+    """The tensor product of ``k``-point Gauss-Hermite rules (float64, CPU)."""
+    x, log_w = _gauss_hermite_1d(k)
+    x = torch.from_numpy(x)
+    log_w = torch.from_numpy(log_w)
+    nodes = torch.cartesian_prod(*[x] * n_dims).reshape(-1, n_dims)
+    log_weights = torch.cartesian_prod(*[log_w] * n_dims).reshape(-1, n_dims).sum(1)
+    return Rule(nodes, log_weights)
+
+
 class GaussHermite(Integrator):
     """Tensor product of probabilists' Gauss-Hermite rules.
 
     ``k = floor(n_nodes ** (1 / m))`` points per axis integrate every
     polynomial of degree up to ``2 k - 1`` in each coordinate exactly.
+
+    Notes
+    -----
+    The one-dimensional rules are computed by
+    :func:`scipy.special.roots_hermitenorm`; nodes whose weights underflow to
+    zero (rules of several hundred points) are dropped.
 
     Examples
     --------
@@ -139,9 +161,4 @@ class GaussHermite(Integrator):
     _deterministic = True
 
     def _build(self, n_dims, n_nodes, generator):
-        x, log_w = _gauss_hermite_1d(_integer_root(n_nodes, n_dims))
-        x = torch.from_numpy(x)
-        log_w = torch.from_numpy(log_w)
-        nodes = torch.cartesian_prod(*[x] * n_dims).reshape(-1, n_dims)
-        log_weights = torch.cartesian_prod(*[log_w] * n_dims).reshape(-1, n_dims).sum(1)
-        return Rule(nodes, log_weights)
+        return _tensor_gauss_hermite(n_dims, _integer_root(n_nodes, n_dims))

@@ -1,23 +1,23 @@
-"""Smolyak sparse grids of Gauss-Hermite or Genz-Keister rules."""
+"""Smolyak sparse grids of one-dimensional Gauss-Hermite or Genz-Keister rules."""
 
 import functools
 
 import numpy as np
 import torch
 from scipy.special import comb
+from sklearn.utils._param_validation import StrOptions
 
-from ._base import Integrator, Rule
+from ._base import Integrator, Rule, _uncached
 from ._prior import _gauss_hermite_1d
 
 # Genz-Keister rules for N(0, 1) (the "1+2+6+10+16" family: 1, 3, 9, 19 and 35
 # points, exact to degree 1, 5, 15, 29 and 51), each a Patterson extension of
 # the previous one: the added points are the roots of the polynomial that is
 # orthogonal to all lower degrees under the previous rule's node polynomial times
-# the Gaussian density. We computed them in exact rational arithmetic (nodes and
-# interpolatory weights to 250 digits, degrees verified), checked them against
-# Genz's published values (scaled from the weight exp(-x^2)), and list the
-# non-negative half of each symmetric rule. The 19-point rule has one negative
-# weight pair.
+# the Gaussian density. Computed in exact rational arithmetic (nodes and
+# interpolatory weights to 250 digits, degrees verified) and checked against the
+# published values (scaled from the weight exp(-x^2)); the non-negative half of
+# each symmetric rule. The 19-point rule has one negative weight pair.
 # fmt: off
 _GENZ_KEISTER = {
     1: ((0.0,), (1.0,)),
@@ -60,9 +60,14 @@ def _genz_keister_1d(n_points):
     )
 
 
-@functools.cache
-def _sparse_level_rule(family, level):
+def _level_rule(family, level, cached=_uncached):
     """The 1-D rule used at Smolyak ``level`` (exact to degree 2 * level - 1)."""
+    return cached(
+        ("level", family, level), functools.partial(_build_level_rule, family, level)
+    )
+
+
+def _build_level_rule(family, level):
     if family == "gauss_hermite":
         x, log_w = _gauss_hermite_1d(level)
         return x, np.exp(log_w)
@@ -85,36 +90,27 @@ def _multi_indices(n_dims, max_sum):
             yield (i, *rest)
 
 
-_SPARSE_CACHE = {}
-
-
-def _smolyak(family, n_dims, level):
+def _smolyak(family, n_dims, level, cached=_uncached):
     """Smolyak sparse grid by the combination technique (float64 numpy arrays).
 
     A(q, m) = sum_{q-m+1 <= |i| <= q} (-1)^(q-|i|) binom(m-1, q-|i|) U_i1 x ... x U_im
     with q = level + m - 1 is exact for all polynomials of total degree
     2 * level - 1 when the 1-D rule U_l is exact to degree 2 l - 1.
-    Returns the merged nodes (K, m) and signed weights (K,).
+    Returns the merged nodes (K, m) and signed weights (K,), shared with
+    ``cached`` (an integrator's cache; by default nothing is kept).
     """
-    key = (family, n_dims, level)
-    if key in _SPARSE_CACHE:
-        return _SPARSE_CACHE[key]
-    if n_dims == 1:  # the combination reduces to the level's own rule
-        x, w = _sparse_level_rule(family, level)
-        _SPARSE_CACHE[key] = (x[:, None], w)
-        return _SPARSE_CACHE[key]
-    rules = [_sparse_level_rule(family, level_) for level_ in range(1, level + 1)]
-    # Identify equal 1-D nodes across levels so that products of them merge.
-    values = np.concatenate([x for x, _ in rules])
-    order = np.argsort(values, kind="stable")
-    new_group = np.diff(values[order]) > 1e-12 * (1.0 + np.abs(values[order][1:]))
-    group = np.empty(len(values), dtype=np.int64)
-    group[order] = np.concatenate([[0], np.cumsum(new_group)])
-    pool = np.zeros(group.max() + 1)
-    pool[group] = values
-    offsets = np.cumsum([0] + [len(x) for x, _ in rules])
-    ids = [group[offsets[i] : offsets[i + 1]] for i in range(level)]
+    return cached(
+        ("smolyak", family, n_dims, level),
+        functools.partial(_build_smolyak, family, n_dims, level, cached),
+    )
 
+
+def _build_smolyak(family, n_dims, level, cached):
+    if n_dims == 1:  # the combination reduces to the level's own rule
+        x, w = _level_rule(family, level, cached)
+        return x[:, None], w
+    rules = [_level_rule(family, level_, cached) for level_ in range(1, level + 1)]
+    pool, ids = _node_ids(rules)
     q = level + n_dims - 1
     keys, weights = [], []
     for index in _multi_indices(n_dims, q):
@@ -134,16 +130,31 @@ def _smolyak(family, n_dims, level):
     # Some nodes' contributions cancel exactly (to rounding): drop them.
     scale = np.bincount(inverse.ravel(), weights=np.abs(weights))
     keep = np.abs(merged) > 1e-12 * scale
-    result = (pool[keys[keep]], merged[keep])
-    _SPARSE_CACHE[key] = result
-    return result
+    return pool[keys[keep]], merged[keep]
 
 
-def _largest_sparse_level(family, n_dims, n_nodes):
+def _node_ids(rules):
+    """Identify equal 1-D nodes across levels, so that products of them merge.
+
+    Returns the distinct node values and, for each rule, its nodes' indices
+    into them.
+    """
+    values = np.concatenate([x for x, _ in rules])
+    order = np.argsort(values, kind="stable")
+    new_group = np.diff(values[order]) > 1e-12 * (1.0 + np.abs(values[order][1:]))
+    group = np.empty(len(values), dtype=np.int64)
+    group[order] = np.concatenate([[0], np.cumsum(new_group)])
+    pool = np.zeros(group.max() + 1)
+    pool[group] = values
+    offsets = np.cumsum([0] + [len(x) for x, _ in rules])
+    return pool, [group[offsets[i] : offsets[i + 1]] for i in range(len(rules))]
+
+
+def _largest_sparse_level(family, n_dims, n_nodes, cached=_uncached):
     """Largest Smolyak level whose grid has at most ``n_nodes`` nodes (>= 1)."""
 
     def fits(level):
-        return len(_smolyak(family, n_dims, level)[1]) <= n_nodes
+        return len(_smolyak(family, n_dims, level, cached)[1]) <= n_nodes
 
     # Node counts never decrease with the level: double, then bisect.
     max_level = 26 if family == "genz_keister" else n_nodes
@@ -155,6 +166,18 @@ def _largest_sparse_level(family, n_dims, n_nodes):
         middle = (low + high) // 2
         low, high = (middle, high) if fits(middle) else (low, middle)
     return low
+
+
+def _sparse_grid_rule(family, n_dims, n_nodes, cached=_uncached):
+    """The largest Smolyak grid of ``family`` within ``n_nodes`` (float64, CPU)."""
+    level = _largest_sparse_level(family, n_dims, n_nodes, cached)
+    nodes, weights = _smolyak(family, n_dims, level, cached)
+    signs = np.sign(weights)
+    return Rule(
+        torch.from_numpy(nodes.copy()),
+        torch.from_numpy(np.log(np.abs(weights))),
+        None if (signs > 0).all() else torch.from_numpy(signs),
+    )
 
 
 class SparseGrid(Integrator):
@@ -175,33 +198,41 @@ class SparseGrid(Integrator):
         levels up to 26), which share their nodes between levels and so need
         fewer nodes.
 
+    Notes
+    -----
+    The grid is built by the combination technique,
+    ``A(q, m) = sum (-1)^(q - |i|) binom(m - 1, q - |i|) U_i1 x ... x U_im``
+    over the multi-indices with ``q - m + 1 <= |i| <= q``, ``q = k + m - 1``,
+    and equal nodes of the products merged into one.
+
+    References
+    ----------
+    .. [1] S. A. Smolyak, "Quadrature and interpolation formulas for tensor
+       products of certain classes of functions", Soviet Mathematics Doklady,
+       4, 240-243, 1963.
+    .. [2] T. Gerstner and M. Griebel, "Numerical integration using sparse
+       grids", Numerical Algorithms, 18(3-4), 209-232, 1998.
+    .. [3] A. Genz and B. D. Keister, "Fully symmetric interpolatory rules for
+       multiple integrals over infinite regions with Gaussian weight", Journal
+       of Computational and Applied Mathematics, 71(2), 299-309, 1996.
+
     Examples
     --------
     >>> from sklearn_nlica.integrators import SparseGrid
     >>> rule = SparseGrid(univariate="genz_keister").rule(5, 64)
     >>> rule.nodes.shape  # level 3: exact to total degree 5
     torch.Size([51, 5])
-    >>> round(float((rule.signs * rule.log_weights.exp()).sum()), 12)
+    >>> round(float(rule.signed_weights().sum()), 12)
     1.0
     """
 
+    _parameter_constraints = {
+        "univariate": [StrOptions({"gauss_hermite", "genz_keister"})],
+    }
     _deterministic = True
 
     def __init__(self, univariate="gauss_hermite"):
         self.univariate = univariate
 
     def _build(self, n_dims, n_nodes, generator):
-        family = self.univariate
-        if family not in ("gauss_hermite", "genz_keister"):
-            raise ValueError(
-                "SparseGrid univariate must be 'gauss_hermite' or "
-                f"'genz_keister', got {family!r}."
-            )
-        level = _largest_sparse_level(family, n_dims, n_nodes)
-        nodes, weights = _smolyak(family, n_dims, level)
-        signs = np.sign(weights)
-        return Rule(
-            torch.from_numpy(nodes.copy()),
-            torch.from_numpy(np.log(np.abs(weights))),
-            None if (signs > 0).all() else torch.from_numpy(signs),
-        )
+        return _sparse_grid_rule(self.univariate, n_dims, n_nodes, self._cached)
