@@ -22,8 +22,8 @@ Rules that place their nodes on the prior (``"monte_carlo"``, ``"qmc"``,
 integrand is spread over the prior, e.g. the VAE's reparameterised
 expectations, or a marginal likelihood with few features and a large noise
 variance. For the marginal likelihood with many features or a small noise
-variance the posterior p(z | x) is far narrower than the prior and every prior
-rule misses it, by many nats per point even with thousands of nodes;
+variance the posterior p(z | x) is far narrower than the prior, and a rule on
+the prior puts few or none of its nodes where the posterior has its mass;
 :class:`Adaptive` places each point's nodes on its own posterior and is exact
 there when the posterior is Gaussian. It is the default of the maximum
 likelihood estimator (``DEFAULT_INTEGRATOR``), with ``DEFAULT_N_NODES`` nodes
