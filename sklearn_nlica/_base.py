@@ -28,7 +28,7 @@ from sklearn.base import (
 )
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_array, check_random_state, check_scalar
-from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils._param_validation import HasMethods, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 from skorch.utils import noop
 
@@ -46,6 +46,7 @@ from ._training import (
     resolve_device,
     seeded,
 )
+from ._validation import NotBoolInterval
 from .integrators import INTEGRATORS, get_integrator
 
 # Rows per forward pass at prediction time, and the largest intermediate
@@ -81,23 +82,23 @@ class LatentVariableModel(
     """
 
     _parameter_constraints: dict = {
-        "n_components": [Interval(Integral, 1, None, closed="left")],
+        "n_components": [NotBoolInterval(Integral, 1, None, closed="left")],
         "hidden_layer_sizes": ["array-like"],
         "activation": [StrOptions(set(ACTIVATIONS))],
-        "noise_variance": [None, Interval(Real, 0, None, closed="neither")],
+        "noise_variance": [None, NotBoolInterval(Real, 0, None, closed="neither")],
         "integrator": [StrOptions(set(INTEGRATORS)), HasMethods(["rule"])],
-        "n_nodes": [Interval(Integral, 1, None, closed="left")],
-        "n_init": [Interval(Integral, 1, None, closed="left")],
-        "max_iter": [Interval(Integral, 1, None, closed="left")],
-        "tol": [Interval(Real, 0, None, closed="left")],
-        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "n_nodes": [NotBoolInterval(Integral, 1, None, closed="left")],
+        "n_init": [NotBoolInterval(Integral, 1, None, closed="left")],
+        "max_iter": [NotBoolInterval(Integral, 1, None, closed="left")],
+        "tol": [NotBoolInterval(Real, 0, None, closed="left")],
+        "n_iter_no_change": [NotBoolInterval(Integral, 1, None, closed="left")],
         "early_stopping": ["boolean"],
-        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "validation_fraction": [NotBoolInterval(Real, 0, 1, closed="neither")],
         "batch_size": [
             StrOptions({"auto"}),
-            Interval(Integral, 1, None, closed="left"),
+            NotBoolInterval(Integral, 1, None, closed="left"),
         ],
-        "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
+        "learning_rate_init": [NotBoolInterval(Real, 0, None, closed="neither")],
         "device": [str, torch.device],
         "random_state": ["random_state"],
         "verbose": ["verbose"],

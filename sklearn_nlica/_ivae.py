@@ -5,7 +5,7 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import StrOptions
 from skorch.callbacks import GradientNormClipping
 
 from ._aux import AuxAttributes, AuxEncoder
@@ -20,6 +20,7 @@ from ._nn import (
     initial_noise_variance,
 )
 from ._training import KLWarmup, TrainingPlan, cosine_schedule, linear_warm_start
+from ._validation import NotBoolInterval
 from .integrators import QMC, MonteCarlo
 
 
@@ -236,13 +237,12 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
         "prior_hidden_layer_sizes": ["array-like"],
         "conditional_encoder": ["boolean"],
         "posterior_covariance": [StrOptions({"full", "diagonal"})],
-        "n_mc_samples": [Interval(Integral, 1, None, closed="left")],
-        "kl_warmup": [Interval(Real, 0, None, closed="left")],
-        "contrastive_weight": [Interval(Real, 0, None, closed="left")],
-        "linear_warm_start": [Interval(Integral, 0, None, closed="left")],
-        "n_init": [Interval(Integral, 1, None, closed="left")],
+        "n_mc_samples": [NotBoolInterval(Integral, 1, None, closed="left")],
+        "kl_warmup": [NotBoolInterval(Real, 0, None, closed="left")],
+        "contrastive_weight": [NotBoolInterval(Real, 0, None, closed="left")],
+        "linear_warm_start": [NotBoolInterval(Integral, 0, None, closed="left")],
         "learning_rate_schedule": [StrOptions({"constant", "cosine"})],
-        "max_grad_norm": [None, Interval(Real, 0, None, closed="neither")],
+        "max_grad_norm": [None, NotBoolInterval(Real, 0, None, closed="neither")],
     }
 
     def __init__(

@@ -2,13 +2,14 @@
 
 from numbers import Integral, Real
 
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import StrOptions
 
 from ._base import LatentVariableModel, check_layer_sizes
 from ._em import EMNet
 from ._models import MarginalLikelihood
 from ._nn import GaussianDecoder, initial_noise_variance
 from ._training import TrainingPlan
+from ._validation import NotBoolInterval
 from .integrators import DEFAULT_INTEGRATOR, DEFAULT_N_NODES
 
 
@@ -166,8 +167,8 @@ class NonlinearICAMLE(LatentVariableModel):
         **LatentVariableModel._parameter_constraints,
         "gradient": [StrOptions({"autograd", "analytic"})],
         "solver": [StrOptions({"adam", "alternating", "em"})],
-        "noise_learning_rate": [None, Interval(Real, 0, None, closed="neither")],
-        "n_m_steps": [Interval(Integral, 1, None, closed="left")],
+        "noise_learning_rate": [None, NotBoolInterval(Real, 0, None, closed="neither")],
+        "n_m_steps": [NotBoolInterval(Integral, 1, None, closed="left")],
     }
 
     def __init__(

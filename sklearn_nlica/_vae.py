@@ -2,12 +2,13 @@
 
 from numbers import Integral
 
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import StrOptions
 
 from ._base import LatentVariableModel, check_layer_sizes
 from ._models import VAE
 from ._nn import GaussianDecoder, GaussianEncoder, initial_noise_variance
 from ._training import TrainingPlan
+from ._validation import NotBoolInterval
 
 
 class VAEICA(LatentVariableModel):
@@ -146,7 +147,7 @@ class VAEICA(LatentVariableModel):
     _parameter_constraints: dict = {
         **LatentVariableModel._parameter_constraints,
         "decoder_variance": [StrOptions({"shared", "per_sample"})],
-        "n_mc_samples": [Interval(Integral, 1, None, closed="left")],
+        "n_mc_samples": [NotBoolInterval(Integral, 1, None, closed="left")],
         "update": [StrOptions({"joint", "alternating"})],
         "gradient": [StrOptions({"reparameterization", "score_function"})],
     }

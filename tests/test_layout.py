@@ -10,7 +10,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sklearn_nlica"
 
 # Lowest first: a module may import from its own layer and the layers below.
 LAYERS = {
-    "numerics": ["_densities", "_marginal", "integrators", "metrics", "datasets"],
+    "numerics": [
+        "_validation",
+        "_densities",
+        "_marginal",
+        "integrators",
+        "metrics",
+        "datasets",
+    ],
     "models": ["_nn", "_models"],
     "training": ["_training", "_em"],
     "estimators": ["_base", "_aux", "_vae", "_mle", "_ivae", "_cli", "__init__"],

@@ -6,9 +6,10 @@ from numbers import Integral, Real
 from typing import NamedTuple
 
 import torch
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import StrOptions
 
 from .._densities import LOG_2PI
+from .._validation import NotBoolInterval
 from ._base import (
     Integrator,
     Rule,
@@ -244,11 +245,11 @@ class Adaptive(Integrator):
     """
 
     _parameter_constraints = {
-        "n_modes": [Interval(Integral, 1, None, closed="left")],
-        "defensive": [Interval(Real, 0, 1, closed="left")],
-        "n_search": [Interval(Integral, 1, None, closed="left")],
-        "n_starts": [None, Interval(Integral, 1, None, closed="left")],
-        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "n_modes": [NotBoolInterval(Integral, 1, None, closed="left")],
+        "defensive": [NotBoolInterval(Real, 0, 1, closed="left")],
+        "n_search": [NotBoolInterval(Integral, 1, None, closed="left")],
+        "n_starts": [None, NotBoolInterval(Integral, 1, None, closed="left")],
+        "max_iter": [NotBoolInterval(Integral, 1, None, closed="left")],
         "base": [StrOptions({"auto", "gauss_hermite", "sparse_grid", "qmc"})],
     }
 

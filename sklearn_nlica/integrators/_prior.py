@@ -6,8 +6,8 @@ from numbers import Real
 import numpy as np
 import torch
 from scipy.special import roots_hermitenorm
-from sklearn.utils._param_validation import Interval
 
+from .._validation import NotBoolInterval
 from ._base import (
     Integrator,
     Rule,
@@ -96,7 +96,7 @@ class Grid(Integrator):
     """
 
     _parameter_constraints = {
-        "half_width": [Interval(Real, 0, None, closed="neither")],
+        "half_width": [NotBoolInterval(Real, 0, None, closed="neither")],
         "normalize": ["boolean"],
     }
     _deterministic = True
