@@ -146,6 +146,14 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
         RNG is left untouched.
     verbose : int, default=0
         0 silent, 1 a progress bar over epochs, 2 one line per epoch.
+    warm_start : bool, default=False
+        When fitted, :meth:`fit` continues training the fitted model for
+        ``max_iter`` more epochs instead of starting anew (the data must
+        have the same features).
+    on_interrupt : {"raise", "keep"}, default="raise"
+        What a Ctrl-C (KeyboardInterrupt) during fitting does: ``"raise"``
+        stops and leaves the estimator as it was; ``"keep"`` keeps the
+        partially trained model, with a warning.
     callbacks : list of (name, skorch Callback) or None, default=None
         Extra skorch callbacks.
 
@@ -276,6 +284,8 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
         device="cpu",
         random_state=None,
         verbose=0,
+        warm_start=False,
+        on_interrupt="raise",
         callbacks=None,
     ):
         self.n_components = n_components
@@ -306,6 +316,8 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
+        self.warm_start = warm_start
+        self.on_interrupt = on_interrupt
         self.callbacks = callbacks
 
     _requires_y = True
@@ -387,27 +399,6 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
         return TrainingPlan(callbacks=callbacks, warm_epochs=warm)
 
     # ---- the fitted model, given u or not ---------------------------------------
-
-    def fit(self, X, y=None):
-        """Fit the iVAE to ``X`` given the auxiliary variable u, passed as ``y``.
-
-        A fit that raises (or is interrupted) leaves the estimator as it was.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Observations. float32 input is trained in float32, anything else
-            in float64.
-        y : array-like of shape (n_samples,) or (n_samples, k)
-            The auxiliary variable u: class labels or covariates (see
-            ``aux_type``). Required.
-
-        Returns
-        -------
-        self : object
-            The fitted estimator.
-        """
-        return super().fit(X, y)
 
     def transform(self, X, u=None):
         """Latent representation of ``X``: the posterior mean.

@@ -16,13 +16,24 @@ schedule and the linear warm start. An estimator states what it needs in a
 
 import contextlib
 import math
+import re
+import signal
+import sys
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from sklearn.utils import check_random_state
 from skorch import NeuralNet
-from skorch.callbacks import Callback, EarlyStopping, Freezer, LRScheduler, Unfreezer
+from skorch.callbacks import (
+    Callback,
+    EarlyStopping,
+    Freezer,
+    LRScheduler,
+    PrintLog,
+    Unfreezer,
+)
 from skorch.utils import TeeGenerator
 
 # ---- device and seeds ----------------------------------------------------------
@@ -176,6 +187,31 @@ class HoldOut:
 # ---- the net -------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def watch_interrupts():
+    """Yield a function that tells whether a SIGINT (Ctrl-C) arrived inside
+    the block: skorch's callbacks raise KeyboardInterrupt to stop training,
+    so the exception alone does not say whether the user asked to stop.
+    Outside the main thread no signal arrives; nothing is installed there."""
+    hit = []
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(
+        previous
+    ):
+        yield lambda: bool(hit)
+        return
+
+    def handler(signum, frame):
+        hit.append(signum)
+        previous(signum, frame)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(hit)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @dataclass
 class TrainingPlan:
     """How an estimator trains: the net class and its extra arguments, the
@@ -255,28 +291,88 @@ class ObjectiveNet(NeuralNet):
             self.optimizer_.step()
         return step
 
+    def partial_fit(self, X, y=None, classes=None, epochs=None, **fit_params):
+        """skorch's ``partial_fit``, except that a user's interrupt (Ctrl-C)
+        or an error stops training and propagates, after the callbacks' ends
+        ran. skorch's own callbacks (early stopping) still stop training by
+        raising KeyboardInterrupt, which ends the fit normally."""
+        if not self.initialized_:
+            self.initialize()
+        self.notify("on_train_begin", X=X, y=y)
+        try:
+            with watch_interrupts() as interrupted:
+                try:
+                    self.fit_loop(X, y, epochs=epochs, **fit_params)
+                except KeyboardInterrupt:
+                    if interrupted():
+                        raise
+        finally:
+            self.notify("on_train_end", X=X, y=y)
+        return self
+
     def on_train_end(self, net, **kwargs):
         # A warm start may end with parameters still frozen; the fitted model
         # leaves them all trainable.
         for param in self.module_.parameters():
             param.requires_grad_(True)
 
+    def complete_epochs(self):
+        """Drop the history row of an epoch that an interrupt cut short."""
+        while len(self.history) and "train_loss" not in self.history[-1]:
+            self.history.pop()
+        return len(self.history)
+
 
 # ---- callbacks -----------------------------------------------------------------
 
 
-class RaiseOnNonFinite(Callback):
-    """Stop the fit at the first NaN or infinite loss with an actionable error."""
+# A training loss this many times its scale above where it started has diverged.
+DIVERGENCE_FACTOR = 1e3
+
+
+class NumericalGuard(Callback):
+    """Stop the fit at the first non-finite loss, or once the loss has grown
+    by orders of magnitude above the lowest value it reached (divergence),
+    with an error that says what to change (``advice``)."""
+
+    def __init__(self, advice="lower learning_rate_init"):
+        self.advice = advice
+
+    def on_train_begin(self, net, **kwargs):
+        losses = [row["train_loss"] for row in net.history if "train_loss" in row]
+        self.best_ = min(losses, default=math.inf)
 
     def on_batch_end(self, net, batch=None, training=None, loss=None, **kwargs):
+        if loss is None or not training:
+            return
         # skorch has already synchronised on the loss; reading it again is free.
-        if loss is not None and not math.isfinite(loss.item()):
-            epoch = len(net.history)
+        value = loss.item()
+        epoch = len(net.history)
+        if not math.isfinite(value):
             raise FloatingPointError(
-                f"The training objective became {loss.item()} in epoch {epoch}. "
-                "Lower learning_rate_init, standardise X (e.g. StandardScaler), "
-                "fix noise_variance to a larger value, or use float64 input."
+                f"The training objective became {value} in epoch {epoch}: "
+                f"{self.advice}."
             )
+        if value - self.best_ > DIVERGENCE_FACTOR * (abs(self.best_) + 1.0):
+            raise FloatingPointError(
+                f"The training objective diverged in epoch {epoch}: the loss grew "
+                f"from {self.best_:.4g} to {value:.4g}. {self.advice.capitalize()}."
+            )
+        self.best_ = min(self.best_, value)
+
+
+class PlainPrintLog(PrintLog):
+    """skorch's table of epochs, without its colour codes where the output is
+    not a terminal (a log file, a notebook's captured output)."""
+
+    def format_row(self, row, key, color):
+        text = super().format_row(row, key, color)
+        if isinstance(text, str) and not sys.stdout.isatty():
+            text = _ANSI.sub("", text)
+        return text
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class EpochProgressBar(Callback):

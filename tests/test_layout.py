@@ -21,7 +21,17 @@ LAYERS = {
     ],
     "models": ["_nn", "_likelihood", "_models"],
     "training": ["_training", "_em"],
-    "estimators": ["_base", "_aux", "_vae", "_mle", "_ivae", "_cli", "__init__"],
+    "estimators": [
+        "_fitting",
+        "_base",
+        "_aux",
+        "_vae",
+        "_mle",
+        "_ivae",
+        "_cli_output",
+        "_cli",
+        "__init__",
+    ],
 }
 RANK = {name: rank for rank, names in enumerate(LAYERS.values()) for name in names}
 MAX_FILE_LINES = 500
