@@ -25,7 +25,9 @@ class MarginalLikelihood(nn.Module):
     linear layer when it is narrower than x (its Gram matrix, see
     :mod:`sklearn_nlica._integrand`); an adaptive rule evaluates it at its
     nodes already, and those values (``Rule.values``) serve the E-step, the
-    score and the first M-step instead of a second decoder pass.
+    score and the first M-step instead of a second decoder pass, as long as
+    the parameters have not changed since the rule was built (a rule used at
+    other parameters decodes its nodes again).
     """
 
     def __init__(self, decoder, n_components, integrator, n_nodes, gradient="autograd"):
@@ -64,7 +66,7 @@ class MarginalLikelihood(nn.Module):
             log_integrand = GaussianIntegrand(
                 x, self._integrand_decoder(), self.noise_variance()
             )
-        return self.integrator.rule(
+        rule = self.integrator.rule(
             self.n_components,
             n_nodes or self.n_nodes,
             dtype=x.dtype,
@@ -73,6 +75,21 @@ class MarginalLikelihood(nn.Module):
             log_integrand=log_integrand,
             warm_start=warm_start,
         )
+        if rule.values is not None:
+            self._values_stamp = (id(rule.values), self._parameter_stamp())
+        return rule
+
+    def _parameter_stamp(self):
+        """Which parameter tensors there are and how often each was written
+        in place (an optimizer step, a closed-form update)."""
+        return tuple((id(p), p._version) for p in self.parameters())
+
+    def _values(self, rule):
+        """The rule's integrand values if they hold at the current parameters."""
+        stamp = getattr(self, "_values_stamp", None)
+        if rule.values is None or stamp is None or stamp[0] != id(rule.values):
+            return None
+        return rule.values if stamp[1] == self._parameter_stamp() else None
 
     def forward(self, x):
         rule = self.rule(x)
@@ -91,18 +108,19 @@ class MarginalLikelihood(nn.Module):
             self._integrand_decoder(),
             rule,
             self.noise_variance(),
-            values=rule.values,
+            values=self._values(rule),
         )
 
     def em_surrogate(self, x, rule, weights=None, *, min_weight=0.0, reuse=False):
         """The EM surrogate, with the given posterior weights held fixed.
 
-        ``reuse=True`` takes the integrand from the rule's own values (valid
-        while the parameters are those the rule was built at); otherwise the
-        nodes whose weight is above ``min_weight`` are decoded.
+        ``reuse=True`` takes the integrand from the rule's own values while
+        the parameters are those the rule was built at; otherwise the nodes
+        whose weight is above ``min_weight`` are decoded.
         """
-        if reuse and rule.values is not None and weights is not None:
-            return (weights.detach() * rule.values).sum(1).to(x.dtype)
+        values = self._values(rule) if reuse else None
+        if values is not None and weights is not None:
+            return (weights.detach() * values).sum(1).to(x.dtype)
         return em_surrogate(
             x,
             self._integrand_decoder(),
@@ -115,8 +133,9 @@ class MarginalLikelihood(nn.Module):
     # ---- evaluation ----------------------------------------------------------
 
     def log_likelihood(self, x, rule):
-        if rule.values is not None:
-            return log_marginal_from_values(rule, rule.values).to(x.dtype)
+        values = self._values(rule)
+        if values is not None:
+            return log_marginal_from_values(rule, values).to(x.dtype)
         return log_marginal(x, self._integrand_decoder(), rule, self.noise_variance())
 
     def score_samples(self, x, rule):
@@ -128,7 +147,7 @@ class MarginalLikelihood(nn.Module):
             self._integrand_decoder(),
             rule,
             self.noise_variance(),
-            values=rule.values,
+            values=self._values(rule),
         )
 
     def sample_latent(self, n_samples):
