@@ -45,6 +45,8 @@ def compare(n_samples, n_features, n_components, rounds, epochs, full):
         n_features=n_features,
         random_state=0,
     )
+    for cls in (VAEICA, NonlinearICAMLE):  # first-call costs, outside the timing
+        cls(n_components=n_components, max_iter=1).fit(X[:200])
     print(f"\n{n_samples} x {n_features}, m = {n_components}, {epochs} epochs a fit")
     print(f"  {'round':>5} {'VAE s/epoch':>11} {'MLE s/epoch':>11} {'ratio':>6}")
     total = {"vae": [0.0, 0], "mle": [0.0, 0]}
