@@ -128,9 +128,7 @@ for row, (activation, per_method) in enumerate(curves.items()):
         for label, values in series.items():
             quantity, data = label.split(", ")
             epochs = np.arange(1, len(values) + 1)
-            ax.plot(
-                epochs, values, styles[data], color=colors[quantity], label=label
-            )
+            ax.plot(epochs, values, styles[data], color=colors[quantity], label=label)
         ax.set(
             title=f"{method}, {activation} mixing",
             xlabel="epoch",

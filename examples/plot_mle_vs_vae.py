@@ -113,9 +113,7 @@ scores = {
 }
 for name, value in scores.items():
     print(f"{name:22s} {value:7.3f} nats per sample")
-print(
-    f"brute-force log p(x): MLE {mle_log_p.mean():.3f}, VAE {vae_log_p.mean():.3f}"
-)
+print(f"brute-force log p(x): MLE {mle_log_p.mean():.3f}, VAE {vae_log_p.mean():.3f}")
 print(
     f"noise variance: true {noise_std**2:.4f}, MLE {mle.noise_variance_:.4f}, "
     f"VAE {vae.noise_variance_:.4f}"

@@ -24,7 +24,6 @@ configuration up to rotation and scale; 1: unrelated).
 import warnings
 
 import matplotlib.pyplot as plt
-import numpy as np
 import torch
 from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning
