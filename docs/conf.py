@@ -119,8 +119,7 @@ _CONSTANT_FALLBACK_DOCS = {
         "by default (a key of :data:`INTEGRATORS`)."
     ),
     "sklearn_nlica.integrators.DEFAULT_N_NODES": (
-        "Node budget per point of :class:`~sklearn_nlica.NonlinearICAMLE` by "
-        "default."
+        "Node budget per point of :class:`~sklearn_nlica.NonlinearICAMLE` by default."
     ),
     "sklearn_nlica.integrators.INTEGRATORS": (
         "The integrator classes by name: the names accepted by ``integrator=`` "
