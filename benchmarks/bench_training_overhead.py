@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from sklearn_nlica import VAEICA
-from sklearn_nlica._modules import VAE, GaussianDecoder, GaussianEncoder
+from sklearn_nlica._models import VAE
+from sklearn_nlica._nn import GaussianDecoder, GaussianEncoder
 from sklearn_nlica.integrators import MonteCarlo
 
 

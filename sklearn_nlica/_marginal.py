@@ -36,24 +36,22 @@ import math
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from ._densities import (
+    CHUNK_ELEMENTS,
+    accumulation_dtype,
+    as_variance,
+    gaussian_loglik_matrix,
+)
+
 __all__ = [
     "NonPositiveIntegralError",
-    "analytic_decoder_grad",
-    "analytic_noise_variance_grad",
+    "e_step",
     "em_surrogate",
-    "expected_squared_distance",
     "gaussian_log_integrand",
-    "gaussian_loglik_matrix",
     "log_marginal",
-    "optimal_noise_variance",
     "posterior_mean",
-    "posterior_weights",
     "signed_logsumexp",
 ]
-
-# Largest intermediate (elements) of one chunk: 128 MiB in float64.
-_CHUNK_ELEMENTS = 2**24
-_LOG_2PI = math.log(2.0 * math.pi)
 
 
 class NonPositiveIntegralError(FloatingPointError, ValueError):
@@ -125,95 +123,6 @@ def _finish(peak, total):
     return peak + total.log()
 
 
-# ---------------------------------------------------------------------------
-# Gaussian log-likelihood of points under many means
-# ---------------------------------------------------------------------------
-
-
-def _exact_dtype(x):
-    """The dtype in which squared distances are accumulated."""
-    if x.dtype == torch.float64 or x.device.type == "mps":
-        return x.dtype
-    return torch.float64
-
-
-def _as_variance(noise_variance, dtype, device):
-    if isinstance(noise_variance, torch.Tensor):
-        if noise_variance.numel() != 1:
-            raise ValueError(
-                "noise_variance must be a scalar, got a tensor of shape "
-                f"{tuple(noise_variance.shape)}."
-            )
-        return noise_variance.reshape(()).to(dtype=dtype, device=device)
-    noise_variance = float(noise_variance)
-    if not noise_variance > 0:
-        raise ValueError(f"noise_variance must be positive, got {noise_variance!r}.")
-    return torch.tensor(noise_variance, dtype=dtype, device=device)
-
-
-def gaussian_loglik_matrix(x, means, noise_variance, *, chunk_size=None):
-    """log N(x_i; mean, sigma^2 I) for every point and every mean.
-
-    Parameters
-    ----------
-    x : Tensor of shape (B, n)
-    means : Tensor of shape (K, n) or (B, K, n)
-        Means shared by all points, or one set per point.
-    noise_variance : float or Tensor
-        sigma^2.
-    chunk_size : int or None, default=None
-        Points per chunk for per-point means (None: chunks of about 2**24
-        elements).
-
-    Returns
-    -------
-    loglik : Tensor of shape (B, K)
-        In float64 when ``x`` is float32 or lower (the accumulation type, so
-        that callers keep the precision through the log-sum-exp).
-
-    Notes
-    -----
-    Shared means take one matrix product, ||x - c||^2 - 2 (x - c).(g - c) +
-    ||g - c||^2 with c the batch mean (which shrinks the terms that cancel),
-    in float64, clamped at zero. Per-point means take direct differences,
-    squared and summed in float64, chunked over the batch.
-    """
-    n_features = x.shape[-1]
-    dtype = _exact_dtype(x)
-    variance = _as_variance(noise_variance, dtype, x.device)
-    if means.dim() == 2 and dtype == torch.float64:
-        sq_dist = _sq_dist_product(x, means, dtype)
-    else:
-        if means.dim() == 2:  # no float64 here: the expansion would cancel
-            means = means.expand(x.shape[0], -1, -1)
-        sq_dist = _sq_dist_direct(x, means, dtype, chunk_size)
-    return -0.5 * (sq_dist / variance + n_features * (_LOG_2PI + variance.log()))
-
-
-def _sq_dist_product(x, means, dtype):
-    x = x.to(dtype)
-    means = means.to(dtype)
-    centre = x.detach().mean(0)
-    x = x - centre
-    means = means - centre
-    sq_dist = (
-        (x * x).sum(1, keepdim=True) - 2.0 * (x @ means.T) + (means * means).sum(1)
-    )
-    return sq_dist.clamp_min(0.0)
-
-
-def _sq_dist_direct(x, means, dtype, chunk_size):
-    n_points, n_nodes, n_features = means.shape
-    rows = chunk_size or max(1, _CHUNK_ELEMENTS // max(1, n_nodes * n_features))
-    out = []
-    for start in range(0, n_points, rows):
-        diff = x[start : start + rows, None, :].to(dtype) - means[
-            start : start + rows
-        ].to(dtype)
-        out.append((diff * diff).sum(-1))
-    return torch.cat(out) if len(out) > 1 else out[0]
-
-
 def _decode(decoder, z):
     """Decoder means at z of shape (..., m): shape (..., n)."""
     means = decoder(z.reshape(-1, z.shape[-1]))
@@ -244,7 +153,7 @@ def gaussian_log_integrand(x, decoder, noise_variance, *, chunk_size=None):
     def log_integrand(z):
         if z.shape[0] == 1 and x.shape[0] != 1:
             return gaussian_loglik_matrix(x, _decode(decoder, z[0]), noise_variance)
-        rows = chunk_size or max(1, _CHUNK_ELEMENTS // max(1, z.shape[1] * x.shape[1]))
+        rows = chunk_size or max(1, CHUNK_ELEMENTS // max(1, z.shape[1] * x.shape[1]))
         out = [
             gaussian_loglik_matrix(
                 x[start : start + rows],
@@ -278,12 +187,12 @@ def _blocks(x, rule, chunk_size):
     n_points, n_features = x.shape
     n_nodes = rule.n_nodes
     if rule.shared:
-        size = chunk_size or max(1, _CHUNK_ELEMENTS // (n_features + n_points))
+        size = chunk_size or max(1, CHUNK_ELEMENTS // (n_features + n_points))
         return [
             (slice(None), slice(start, start + size))
             for start in range(0, n_nodes, size)
         ]
-    size = chunk_size or max(1, _CHUNK_ELEMENTS // max(1, n_nodes * n_features))
+    size = chunk_size or max(1, CHUNK_ELEMENTS // max(1, n_nodes * n_features))
     return [
         (slice(start, start + size), slice(None)) for start in range(0, n_points, size)
     ]
@@ -383,40 +292,38 @@ def log_marginal(x, decoder, rule, noise_variance, *, chunk_size=None):
     return _log_marginal(x, decoder, rule, noise_variance, chunk_size).to(x.dtype)
 
 
-def _weight_blocks(x, decoder, rule, noise_variance, chunk_size, weights=None):
-    """Yield (rows, cols, nodes, means, r) per block, r the posterior weights.
+def _weights(terms, signs, log_p=None):
+    """log p and the posterior weights r = sign * exp(terms - log p) of a block."""
+    if log_p is None:
+        log_p = signed_logsumexp(terms, signs, dim=1)
+    r = torch.exp(terms - log_p[:, None])
+    return log_p, r if signs is None else r * signs
 
-    ``means`` carries the graph to the decoder's parameters when grad is on;
-    ``r`` never does. Given ``weights`` (B, K) are used instead of r.
+
+def _posterior_blocks(x, decoder, rule, noise_variance, chunk_size=None):
+    """Yield (rows, cols, nodes, loglik, log_p, r) block by block, without grad.
+
+    ``loglik`` (log N(x_i; g(z_j), sigma^2 I)), ``log_p`` and the posterior
+    weights ``r`` are in the accumulation dtype. Shared nodes split over
+    several blocks need log p(x) from a first pass; otherwise every block
+    holds all the nodes of its rows and gives its own.
     """
     blocks = _blocks(x, rule, chunk_size)
     log_p = None
-    if weights is None and len(blocks) > 1:
-        with torch.no_grad():
-            log_p = _log_marginal(x, decoder, rule, noise_variance, None)
+    if rule.shared and len(blocks) > 1:
+        log_p = _log_marginal(x, decoder, rule, noise_variance, chunk_size)
     for rows, cols in blocks:
         nodes, log_weights, signs = _block_rule(rule, rows, cols)
-        means = _decode(decoder, nodes)
-        if weights is not None:
-            r = weights[rows, cols].detach()
-        else:
-            with torch.no_grad():
-                terms = log_weights.to(_exact_dtype(x)) + gaussian_loglik_matrix(
-                    x[rows], means, noise_variance
-                )
-                block_log_p = (
-                    signed_logsumexp(terms, signs, dim=1)
-                    if log_p is None
-                    else log_p[rows]
-                )
-                r = torch.exp(terms - block_log_p[:, None])
-                if signs is not None:
-                    r = r * signs
-        yield rows, cols, nodes, means, r
+        loglik = gaussian_loglik_matrix(
+            x[rows], _decode(decoder, nodes), noise_variance
+        )
+        terms = log_weights.to(loglik.dtype) + loglik
+        block_log_p, r = _weights(terms, signs, None if log_p is None else log_p[rows])
+        yield rows, cols, nodes, loglik, block_log_p, r
 
 
-def posterior_weights(x, decoder, rule, noise_variance, *, chunk_size=None):
-    """Posterior weights r_ij = softmax_j(log w_j + log N(x_i; g(z_j), sigma^2 I)).
+def e_step(x, decoder, rule, noise_variance, *, chunk_size=None):
+    """The E-step of EM in one pass of the decoder over the rule's nodes.
 
     Parameters
     ----------
@@ -425,14 +332,35 @@ def posterior_weights(x, decoder, rule, noise_variance, *, chunk_size=None):
 
     Returns
     -------
-    r : Tensor of shape (B, K)
-        Rows sum to one (some weights are negative for signed rules); no
-        gradient. In the accumulation dtype (float64 for float32 inputs).
+    log_p : Tensor of shape (B,)
+        log p(x_i).
+    weights : Tensor of shape (B, K)
+        Posterior weights r_ij; rows sum to one (some are negative for
+        signed rules).
+    residual : Tensor of shape (B,)
+        Expected squared residual sum_j r_ij ||x_i - g(z_j)||^2.
+
+    All three in the accumulation dtype (float64 for float32 input), without
+    gradient.
     """
     _check_rule(x, rule)
+    n_features = x.shape[1]
+    log_p, weights, residual = [], [], []
     with torch.no_grad():
-        blocks = list(_weight_blocks(x, decoder, rule, noise_variance, chunk_size))
-    return torch.cat([r for *_, r in blocks], dim=1 if rule.shared else 0)
+        variance = as_variance(noise_variance, accumulation_dtype(x), x.device)
+        for _, _, _, loglik, block_log_p, r in _posterior_blocks(
+            x, decoder, rule, variance, chunk_size
+        ):
+            # Undo log N = -(||x - g||^2 / sigma^2 + n log(2 pi sigma^2)) / 2.
+            sq_dist = -2.0 * variance * loglik - n_features * variance * torch.log(
+                2.0 * math.pi * variance
+            )
+            log_p.append(block_log_p)
+            weights.append(r)
+            residual.append((r * sq_dist).sum(1))
+    if rule.shared:
+        return log_p[0], torch.cat(weights, dim=1), sum(residual)
+    return torch.cat(log_p), torch.cat(weights), torch.cat(residual)
 
 
 def posterior_mean(x, decoder, rule, noise_variance, *, chunk_size=None):
@@ -451,7 +379,7 @@ def posterior_mean(x, decoder, rule, noise_variance, *, chunk_size=None):
     _check_rule(x, rule)
     parts = []
     with torch.no_grad():
-        for _rows, _cols, nodes, _, r in _weight_blocks(
+        for *_, nodes, _, _, r in _posterior_blocks(
             x, decoder, rule, noise_variance, chunk_size
         ):
             nodes = nodes.to(r.dtype)
@@ -482,8 +410,8 @@ def em_surrogate(x, decoder, rule, noise_variance, *, weights=None, chunk_size=N
     x, decoder, rule, noise_variance, chunk_size
         As in :func:`log_marginal`.
     weights : Tensor of shape (B, K) or None, default=None
-        Posterior weights from :func:`posterior_weights`; None computes them
-        at the current parameters.
+        Posterior weights from :func:`e_step`; None computes them at the
+        current parameters.
 
     Returns
     -------
@@ -497,15 +425,10 @@ def em_surrogate(x, decoder, rule, noise_variance, *, weights=None, chunk_size=N
         nodes, log_weights, signs = _block_rule(rule, *blocks[0])
         loglik = gaussian_loglik_matrix(x, _decode(decoder, nodes), noise_variance)
         with torch.no_grad():
-            terms = log_weights.to(loglik.dtype) + loglik
-            r = torch.exp(terms - signed_logsumexp(terms, signs, dim=1)[:, None])
-            if signs is not None:
-                r = r * signs
+            _, r = _weights(log_weights.to(loglik.dtype) + loglik, signs)
         return (r * loglik).sum(1).to(x.dtype)
-
     if weights is None:
-        with torch.no_grad():
-            weights = posterior_weights(x, decoder, rule, noise_variance)
+        weights = e_step(x, decoder, rule, noise_variance, chunk_size=chunk_size)[1]
 
     def block_q(x, nodes, r, noise_variance):
         loglik = gaussian_loglik_matrix(x, _decode(decoder, nodes), noise_variance)
@@ -526,139 +449,3 @@ def em_surrogate(x, decoder, rule, noise_variance, *, weights=None, chunk_size=N
         )
     q = sum(parts) if rule.shared else torch.cat(parts)
     return q.to(x.dtype)
-
-
-def analytic_decoder_grad(
-    x, decoder, rule, noise_variance, *, params=None, weights=None, chunk_size=None
-):
-    """Closed-form gradient of sum_i log p(x_i) with respect to decoder parameters.
-
-    sum_ij r_ij (x_i - g(z_j))^T dg(z_j)/d theta / sigma^2, computed as one
-    vector-Jacobian product of the decoder at the nodes: with shared nodes the
-    cotangent of node j is (sum_i r_ij x_i - (sum_i r_ij) g(z_j)) / sigma^2, so no
-    batch x nodes x features tensor is formed.
-
-    Parameters
-    ----------
-    x, decoder, rule, noise_variance, chunk_size
-        As in :func:`log_marginal`.
-    params : iterable of Tensor or None, default=None
-        Parameters to differentiate; None takes ``decoder.parameters()`` that
-        require grad.
-    weights : Tensor of shape (B, K) or None, default=None
-        Fixed posterior weights (an earlier E-step); None uses the current ones.
-
-    Returns
-    -------
-    grads : tuple of Tensor
-        One per parameter (zeros where the decoder does not use it).
-    """
-    _check_rule(x, rule)
-    if params is None:
-        params = [p for p in decoder.parameters() if p.requires_grad]
-    params = list(params)
-    grads = [torch.zeros_like(p) for p in params]
-    dtype = _exact_dtype(x)
-    variance = _as_variance(noise_variance, dtype, x.device).detach()
-    with torch.enable_grad():
-        for rows, _, _, means, r in _weight_blocks(
-            x, decoder, rule, noise_variance, chunk_size, weights
-        ):
-            with torch.no_grad():
-                r = r.to(dtype)
-                if rule.shared:
-                    cotangent = r.T @ x.to(dtype) - r.sum(0)[:, None] * means.to(dtype)
-                else:
-                    cotangent = r[..., None] * (
-                        x[rows, None, :].to(dtype) - means.to(dtype)
-                    )
-                cotangent = (cotangent / variance).to(means.dtype)
-            block = torch.autograd.grad(
-                means, params, grad_outputs=cotangent, allow_unused=True
-            )
-            grads = [g if b is None else g + b for g, b in zip(grads, block)]
-    return tuple(grads)
-
-
-def expected_squared_distance(
-    x, decoder, rule, noise_variance, *, weights=None, chunk_size=None
-):
-    """Posterior expected squared residual sum_j r_ij ||x_i - g(z_j)||^2.
-
-    Parameters
-    ----------
-    x, decoder, rule, noise_variance, chunk_size
-        As in :func:`log_marginal`.
-    weights : Tensor of shape (B, K) or None, default=None
-        Fixed posterior weights; None uses the current ones.
-
-    Returns
-    -------
-    sq : Tensor of shape (B,)
-        In the accumulation dtype; no gradient.
-    """
-    _check_rule(x, rule)
-    dtype = _exact_dtype(x)
-    parts = []
-    with torch.no_grad():
-        for rows, _, _, means, r in _weight_blocks(
-            x, decoder, rule, noise_variance, chunk_size, weights
-        ):
-            if means.dim() == 2 and dtype == torch.float64:
-                sq = _sq_dist_product(x, means, dtype)
-            else:
-                if means.dim() == 2:
-                    means = means.expand(x.shape[0], -1, -1)
-                sq = _sq_dist_direct(x[rows], means, dtype, None)
-            parts.append((r.to(dtype) * sq).sum(1))
-    return sum(parts) if rule.shared else torch.cat(parts)
-
-
-def analytic_noise_variance_grad(
-    x, decoder, rule, noise_variance, *, weights=None, chunk_size=None
-):
-    """Closed-form d/d sigma^2 of sum_i log p(x_i).
-
-    sum_ij r_ij (||x_i - g(z_j)||^2 / sigma^2 - n) / (2 sigma^2).
-
-    Parameters
-    ----------
-    x, decoder, rule, noise_variance, chunk_size, weights
-        As in :func:`expected_squared_distance`.
-
-    Returns
-    -------
-    grad : Tensor of shape ()
-        In the accumulation dtype.
-    """
-    sq = expected_squared_distance(
-        x, decoder, rule, noise_variance, weights=weights, chunk_size=chunk_size
-    )
-    variance = _as_variance(noise_variance, sq.dtype, x.device).detach()
-    total_weight = 1.0 if weights is None else weights.to(sq.dtype).sum(1)
-    return ((sq / variance - x.shape[1] * total_weight) / (2.0 * variance)).sum()
-
-
-def optimal_noise_variance(
-    x, decoder, rule, noise_variance, *, weights=None, chunk_size=None
-):
-    """The EM M-step for sigma^2: sum_ij r_ij ||x_i - g(z_j)||^2 / (n B).
-
-    The maximiser over sigma^2 of :func:`em_surrogate` summed over the batch, with
-    r_ij the posterior weights at ``noise_variance`` (or the given ``weights``).
-
-    Parameters
-    ----------
-    x, decoder, rule, noise_variance, chunk_size, weights
-        As in :func:`expected_squared_distance`.
-
-    Returns
-    -------
-    noise_variance : Tensor of shape ()
-        In the accumulation dtype.
-    """
-    sq = expected_squared_distance(
-        x, decoder, rule, noise_variance, weights=weights, chunk_size=chunk_size
-    )
-    total_weight = x.shape[0] if weights is None else weights.to(sq.dtype).sum()
-    return sq.sum() / (x.shape[1] * total_weight)

@@ -2,18 +2,13 @@
 
 from numbers import Integral
 
-import numpy as np
-from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils._param_validation import StrOptions
 
-from ._base import LatentVariableModel
-from ._densities import log_normal_diag, log_standard_normal
-from ._marginal import signed_logsumexp
-from ._modules import VAE, GaussianDecoder, GaussianEncoder, initial_noise_variance
-
-# Upper bound on the elements of one (rows x nodes x features) tensor when
-# estimating the likelihood: chunks rows so memory stays near 128 MiB.
-_IW_CHUNK_ELEMENTS = 2**24
+from ._base import LatentVariableModel, check_layer_sizes
+from ._models import VAE
+from ._nn import GaussianDecoder, GaussianEncoder, initial_noise_variance
+from ._training import TrainingPlan
+from ._validation import NotBoolInterval
 
 
 class VAEICA(LatentVariableModel):
@@ -26,7 +21,7 @@ class VAEICA(LatentVariableModel):
         ELBO(x) = E_q[log p(x|z)] - KL(q(z|x) || N(0, I)),
 
     with the reparameterisation z = mu + s * e and the analytic KL (the SGVB
-    estimator of Kingma and Welling). The expectation over e ~ N(0, I) is an
+    estimator of [1]_). The expectation over e ~ N(0, I) is an
     integration rule from :mod:`sklearn_nlica.integrators`: ``n_mc_samples``
     nodes per sample and step during training (fresh each step for the random
     rules), ``n_nodes`` fixed nodes for the deterministic :meth:`score_samples`.
@@ -45,9 +40,10 @@ class VAEICA(LatentVariableModel):
         Decoder noise variance sigma^2: None learns it, a float keeps it fixed.
     decoder_variance : {"shared", "per_sample"}, default="shared"
         ``"shared"``: one sigma^2 for every sample (learned or fixed by
-        ``noise_variance``). ``"per_sample"``: the seeds' scalar head
+        ``noise_variance``). ``"per_sample"``: a scalar head
         ``log s^2 = W2 h + b2`` on the decoder's last hidden layer, a variance
-        per latent code (``noise_variance`` must then be None).
+        per latent code, as in the Gaussian MLP decoder of [1]_
+        (``noise_variance`` must then be None).
     integrator : str or Integrator, default="qmc"
         Rule for E_q[log p(x|z)] over e ~ N(0, I); see
         :mod:`sklearn_nlica.integrators`. Randomised QMC with one node is a plain
@@ -61,14 +57,17 @@ class VAEICA(LatentVariableModel):
         0.01 nat of its exact value (Monte Carlo needs ~10^5 nodes for that).
     update : {"joint", "alternating"}, default="joint"
         ``"joint"`` updates encoder and decoder together; ``"alternating"``
-        takes one encoder step then one decoder step per batch (the
-        coordinate-ascent "CAVI with reparameterization" of the source notes).
+        takes one encoder step then one decoder step per batch (coordinate
+        ascent on the ELBO).
     gradient : {"reparameterization", "score_function"}, \
             default="reparameterization"
         Gradient of the reconstruction term with respect to the encoder: the
         pathwise (reparameterisation) gradient, or the score-function
         (REINFORCE) estimator with a leave-one-out baseline, which has a much
         larger variance (use several ``n_mc_samples``).
+    n_init : int, default=1
+        Number of initialisations; the fit with the best final training
+        objective is kept.
     max_iter : int, default=200
         Maximum number of epochs.
     tol : float, default=1e-4
@@ -93,6 +92,14 @@ class VAEICA(LatentVariableModel):
         caller is left untouched.
     verbose : int, default=0
         0 silent, 1 a progress bar over epochs, 2 one line per epoch.
+    warm_start : bool, default=False
+        When fitted, :meth:`fit` continues training the fitted model for
+        ``max_iter`` more epochs instead of starting anew (the data must
+        have the same features).
+    on_interrupt : {"raise", "keep"}, default="raise"
+        What a Ctrl-C (KeyboardInterrupt) during fitting does: ``"raise"``
+        stops and leaves the estimator as it was; ``"keep"`` keeps the
+        partially trained model, with a warning.
     callbacks : list of (name, skorch Callback) or None, default=None
         Extra skorch callbacks, e.g. ``("lr", LRScheduler(...))``.
 
@@ -124,6 +131,13 @@ class VAEICA(LatentVariableModel):
     NonlinearICAMLE : Direct maximum likelihood by numerical integration.
     IdentifiableVAE : The iVAE, identifiable thanks to an auxiliary variable.
 
+    References
+    ----------
+    .. [1] D. P. Kingma and M. Welling, "Auto-encoding variational Bayes",
+       ICLR 2014.
+    .. [2] Y. Burda, R. Grosse and R. Salakhutdinov, "Importance weighted
+       autoencoders", ICLR 2016.
+
     Examples
     --------
     >>> from sklearn_nlica import VAEICA
@@ -141,7 +155,7 @@ class VAEICA(LatentVariableModel):
     _parameter_constraints: dict = {
         **LatentVariableModel._parameter_constraints,
         "decoder_variance": [StrOptions({"shared", "per_sample"})],
-        "n_mc_samples": [Interval(Integral, 1, None, closed="left")],
+        "n_mc_samples": [NotBoolInterval(Integral, 1, None, closed="left")],
         "update": [StrOptions({"joint", "alternating"})],
         "gradient": [StrOptions({"reparameterization", "score_function"})],
     }
@@ -159,6 +173,7 @@ class VAEICA(LatentVariableModel):
         n_nodes=256,
         update="joint",
         gradient="reparameterization",
+        n_init=1,
         max_iter=200,
         tol=1e-4,
         n_iter_no_change=10,
@@ -169,6 +184,8 @@ class VAEICA(LatentVariableModel):
         device="cpu",
         random_state=None,
         verbose=0,
+        warm_start=False,
+        on_interrupt="raise",
         callbacks=None,
     ):
         self.n_components = n_components
@@ -181,6 +198,7 @@ class VAEICA(LatentVariableModel):
         self.n_nodes = n_nodes
         self.update = update
         self.gradient = gradient
+        self.n_init = n_init
         self.max_iter = max_iter
         self.tol = tol
         self.n_iter_no_change = n_iter_no_change
@@ -191,6 +209,8 @@ class VAEICA(LatentVariableModel):
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
+        self.warm_start = warm_start
+        self.on_interrupt = on_interrupt
         self.callbacks = callbacks
 
     def _decoder_variance_mode(self):
@@ -203,20 +223,20 @@ class VAEICA(LatentVariableModel):
             return "per_sample"
         return "shared" if self.noise_variance is None else "fixed"
 
-    def _build_module(self, x):
+    def _build_module(self, x, *, seed, encoding):
         mode = self._decoder_variance_mode()
-        initial = (
-            self.noise_variance
-            if mode == "fixed"
-            else initial_noise_variance(x, self.n_components)
-        )
+        hidden = check_layer_sizes(self.hidden_layer_sizes)
+        if mode == "fixed":
+            initial = self.noise_variance
+        else:
+            initial = initial_noise_variance(x, self.n_components)
         encoder = GaussianEncoder(
-            x.shape[1], self.n_components, self._hidden, self.activation
+            x.shape[1], self.n_components, hidden, self.activation
         )
         decoder = GaussianDecoder(
             self.n_components,
             x.shape[1],
-            self._hidden,
+            hidden,
             self.activation,
             variance=mode,
             noise_variance=initial,
@@ -225,19 +245,13 @@ class VAEICA(LatentVariableModel):
         return VAE(
             encoder,
             decoder,
-            self._integrator,
+            self._new_integrator(),
             self.n_mc_samples,
             gradient=self.gradient,
         )
 
-    def _alternating_groups(self):
-        return ["encoder.", "decoder."] if self.update == "alternating" else None
-
-    def _score_samples_tensor(self, x, rule):
-        return self.module_.elbo(x, rule)
-
-    def _transform_tensor(self, x):
-        return self.module_.encoder(x)[0]
+    def _training_plan(self, module, n_batches):
+        return TrainingPlan(net_kwargs={"alternating": self.update == "alternating"})
 
     def score_samples(self, X):
         """Per-sample ELBO, in nats.
@@ -253,7 +267,7 @@ class VAEICA(LatentVariableModel):
         -------
         elbo : ndarray of shape (n_samples,)
         """
-        return super().score_samples(X)
+        return self._score_samples(X)
 
     def score(self, X, y=None):
         """Mean ELBO per sample (a lower bound on the log-likelihood).
@@ -275,9 +289,10 @@ class VAEICA(LatentVariableModel):
 
         ``log p(x) ~ logsumexp_j [log w_j + log p(x, z_j) - log q(z_j | x)]``
         with nodes z_j = mu(x) + s(x) e_j from the estimator's integrator: the
-        encoder is the proposal. For random rules this is the IWAE bound,
-        which rises towards log p(x) as ``n_samples`` grows; it is never
-        below the ELBO in expectation.
+        encoder is the proposal. For random rules this is the importance
+        weighted bound of Burda, Grosse and Salakhutdinov (2016), which rises
+        towards log p(x) as ``n_samples`` grows; it is never below the ELBO
+        in expectation.
 
         Parameters
         ----------
@@ -289,28 +304,4 @@ class VAEICA(LatentVariableModel):
         -------
         log_likelihood : ndarray of shape (n_samples,)
         """
-        check_is_fitted(self)
-        n_samples = max(self.n_nodes, 1024) if n_samples is None else n_samples
-        if not isinstance(n_samples, Integral) or n_samples < 1:
-            raise ValueError(
-                f"n_samples must be a positive integer, got {n_samples!r}."
-            )
-        rule = self._evaluation_rule(self.n_components, n_samples)
-        X = self._validate_X(X, reset=False)
-        n_nodes = rule.nodes.shape[0]
-        chunk = max(1, _IW_CHUNK_ELEMENTS // (n_nodes * X.shape[1]))
-        parts = [
-            self._predict(X[start : start + chunk], self._log_likelihood_tensor, rule)
-            for start in range(0, X.shape[0], chunk)
-        ]
-        return np.concatenate(parts) if parts else np.empty(0, X.dtype)
-
-    def _log_likelihood_tensor(self, x, rule):
-        mean, variance = self.module_.encoder(x)
-        z = mean.unsqueeze(1) + variance.sqrt().unsqueeze(1) * rule.nodes
-        log_ratio = (
-            self.module_.decoder.log_prob(x.unsqueeze(1), z)
-            + log_standard_normal(z)
-            - log_normal_diag(z, mean.unsqueeze(1), variance.unsqueeze(1))
-        )
-        return signed_logsumexp(log_ratio + rule.log_weights, rule.signs, dim=1)
+        return self._log_likelihood(X, n_samples=n_samples)

@@ -1,5 +1,8 @@
 """Closed-form densities and KL divergences against torch.distributions and
-Monte Carlo, over hypothesis-generated means and variances (float64)."""
+Monte Carlo, over hypothesis-generated means and variances (float64), and the
+log-likelihood matrix of many points under many means."""
+
+import math
 
 import torch
 from hypothesis import given, settings
@@ -7,6 +10,7 @@ from hypothesis import strategies as st
 from torch.distributions import Independent, MultivariateNormal, Normal, kl_divergence
 
 from sklearn_nlica._densities import (
+    gaussian_loglik_matrix,
     kl_diag_diag,
     kl_diag_standard,
     log_normal_diag,
@@ -14,6 +18,7 @@ from sklearn_nlica._densities import (
     log_standard_normal,
 )
 
+F64 = torch.float64
 means = st.floats(-5, 5, allow_nan=False)
 variances = st.floats(1e-3, 20, allow_nan=False)
 
@@ -126,3 +131,65 @@ def test_log_densities_broadcast_and_match_normal():
     per_row = torch.rand(7, 4, dtype=torch.float64, generator=generator) + 0.5
     expected = Normal(mean, per_row.unsqueeze(-1).sqrt()).log_prob(z).sum(-1)
     torch.testing.assert_close(log_normal_isotropic(z, mean, per_row), expected)
+
+
+# ---------------------------------------------------------------------------
+# Gaussian log-likelihood matrix
+# ---------------------------------------------------------------------------
+
+
+@settings(max_examples=20, deadline=None, derandomize=True)
+@given(
+    n_points=st.integers(1, 5),
+    n_nodes=st.integers(1, 6),
+    n_features=st.integers(1, 40),
+    offset=st.sampled_from([0.0, 100.0]),
+    variance=st.floats(0.01, 4.0),
+    seed=st.integers(0, 2**16),
+)
+def test_matrix_product_equals_differences(
+    n_points, n_nodes, n_features, offset, variance, seed
+):
+    gen = torch.Generator().manual_seed(seed)
+    x = offset + torch.randn(n_points, n_features, generator=gen, dtype=torch.float64)
+    means = offset + torch.randn(
+        n_nodes, n_features, generator=gen, dtype=torch.float64
+    )
+    product = gaussian_loglik_matrix(x, means, variance)
+    direct = gaussian_loglik_matrix(
+        x, means.expand(n_points, -1, -1), variance, chunk_size=2
+    )
+    naive = (
+        torch.distributions.Normal(means, math.sqrt(variance))
+        .log_prob(x[:, None, :])
+        .sum(-1)
+    )
+    assert product.shape == (n_points, n_nodes)
+    torch.testing.assert_close(product, direct, rtol=1e-10, atol=1e-8)
+    torch.testing.assert_close(direct, naive, rtol=1e-12, atol=1e-10)
+
+
+def test_float32_distances_are_accumulated_in_float64():
+    # n = 1000, sigma = 0.1: ||x||^2 - 2 x.g + ||g||^2 cancels badly in float32.
+    gen = torch.Generator().manual_seed(1)
+    x = 3.0 + torch.randn(8, 1000, generator=gen)
+    means = x[:4] + 0.1 * torch.randn(4, 1000, generator=gen)
+    result = gaussian_loglik_matrix(x, means, 0.01)
+    exact = gaussian_loglik_matrix(x.double(), means.double(), 0.01)
+    assert result.dtype == torch.float64
+    torch.testing.assert_close(result, exact, rtol=0, atol=1e-6)
+    # What a float32 expansion would lose, for the record:
+    x32, g32 = x - x.mean(0), means - x.mean(0)
+    expanded = (x32**2).sum(1, keepdim=True) - 2 * x32 @ g32.T + (g32**2).sum(1)
+    assert (
+        float(
+            (
+                expanded.double()
+                - (-2 * 0.01) * (exact + 500 * math.log(2 * math.pi * 0.01))
+            )
+            .abs()
+            .max()
+        )
+        / 0.02
+        > 1e-3
+    )

@@ -22,13 +22,16 @@ from torch.distributions import Laplace, MultivariateNormal, Normal, kl_divergen
 
 from sklearn_nlica import VAEICA, IdentifiableVAE
 from sklearn_nlica._cli import main
-from sklearn_nlica._densities import kl_diag_diag, kl_diag_laplace
-from sklearn_nlica._modules import (
+from sklearn_nlica._densities import (
+    kl_diag_diag,
+    kl_diag_laplace,
+    posterior_log_prob,
+    posterior_total_correlation,
+)
+from sklearn_nlica._nn import (
     PRIOR_LOG_VARIANCE_BOUND,
     ConditionalPrior,
     FullCovarianceGaussianEncoder,
-    posterior_log_prob,
-    posterior_total_correlation,
 )
 from sklearn_nlica.datasets import make_segmented_sources
 from sklearn_nlica.metrics import mean_correlation_coefficient
@@ -274,7 +277,7 @@ def test_continuous_time_index():
     ivae = IdentifiableVAE(
         3, max_iter=30, batch_size=64, random_state=0, prior_hidden_layer_sizes=(32, 32)
     ).fit(X, t)
-    assert not ivae._aux_discrete and ivae.n_aux_features_ == 1
+    assert not ivae._encoding.discrete and ivae.n_aux_features_ == 1
     vae = VAEICA(
         3, max_iter=30, learning_rate_init=1e-2, batch_size=64, random_state=0
     ).fit(X)
@@ -321,7 +324,7 @@ def test_u_is_required_and_validated(small):
 def test_aux_type_auto(u, discrete):
     X, _, U = segmented(n_segments=4, n_per_segment=30)
     model = IdentifiableVAE(max_iter=1, hidden_layer_sizes=(4,)).fit(X, u(U))
-    assert model._aux_discrete is discrete
+    assert model._encoding.discrete is discrete
     if discrete:
         assert len(model.classes_) == 4
         np.testing.assert_allclose(model.aux_class_weights_, 0.25)
@@ -428,14 +431,18 @@ def test_options_train(params):
 def test_training_objective_adds_the_classifier_to_the_elbo(small):
     model, X, _, U = small
     module = model.module_
-    x, u = torch.as_tensor(X[:50]), torch.as_tensor(model._encode_labels(U[:50], False))
+    x, u = (
+        torch.as_tensor(X[:50]),
+        torch.as_tensor(model._encoding.transform(U[:50], 50)),
+    )
     assert module.contrastive_weight == model.contrastive_weight == 20.0
+    module.train()  # the objective at the batch's optimal noise variance
     with torch.no_grad():
         torch.manual_seed(0)
-        objective = module(x, u)
+        objective = module(x, u).objective
         module.contrastive_weight = 0.0
         torch.manual_seed(0)
-        elbo = module(x, u)
+        elbo = module(x, u).objective
         module.contrastive_weight = 20.0
         classifier = module.prior.log_posterior(
             module.encode(x)[0], u, *module.prior(u)
@@ -539,5 +546,20 @@ def test_cli_builtin_and_file(tmp_path, capsys):
         )
         == 0
     )
-    with pytest.raises(SystemExit, match="aux"):
-        main(["ivae", str(tmp_path / "x.csv"), "--max-iter", "1", "-q"])
+    assert main(["ivae", str(tmp_path / "x.csv"), "--max-iter", "1", "-q"]) == 2
+
+
+def test_log_likelihood_of_a_dataframe_warns_nothing(small):
+    pd = pytest.importorskip("pandas")
+    _, X, _, U = small
+    df = pd.DataFrame(X, columns=["a", "b"])
+    model = IdentifiableVAE(2, random_state=0, **FAST).fit(df, U)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with_u = model.log_likelihood(df, U, n_samples=64)
+        without_u = model.log_likelihood(df, n_samples=64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # X has no feature names
+        expected = model.log_likelihood(X, U, n_samples=64)
+    np.testing.assert_allclose(with_u, expected, rtol=1e-12)
+    assert np.isfinite(without_u).all()

@@ -7,18 +7,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sklearn_nlica._densities import gaussian_loglik_matrix
 from sklearn_nlica._marginal import (
     NonPositiveIntegralError,
-    analytic_decoder_grad,
-    analytic_noise_variance_grad,
+    e_step,
     em_surrogate,
-    expected_squared_distance,
     gaussian_log_integrand,
-    gaussian_loglik_matrix,
     log_marginal,
-    optimal_noise_variance,
     posterior_mean,
-    posterior_weights,
     signed_logsumexp,
 )
 from sklearn_nlica.integrators import (
@@ -59,6 +55,58 @@ def ppca(n_dims, n_features, sigma, n_points=20, scale=1.0, seed=0, dtype=F64):
     precision = torch.eye(n_dims, dtype=F64) + weight.T @ weight / sigma**2
     mean = torch.linalg.solve(precision, weight.T @ (x.double() - bias).T / sigma**2).T
     return decoder, x, log_p, mean
+
+
+# ---------------------------------------------------------------------------
+# Test-only oracles: the E-step quantities and Fisher's identity written out
+# directly, without chunking or the matrix-product expansion.
+# ---------------------------------------------------------------------------
+
+
+def node_means(decoder, rule):
+    """g at the rule's nodes: (K, n) for shared nodes, (B, K, n) per point."""
+    z = rule.nodes
+    g = decoder(z.reshape(-1, z.shape[-1]))
+    return g.reshape(z.shape[:-1] + g.shape[-1:])
+
+
+def posterior_weights(x, decoder, rule, noise_variance):
+    return e_step(x, decoder, rule, noise_variance)[1]
+
+
+def expected_squared_distance(x, decoder, rule, noise_variance, weights=None):
+    """sum_j r_ij ||x_i - g(z_j)||^2."""
+    if weights is None:
+        weights = posterior_weights(x, decoder, rule, noise_variance)
+    with torch.no_grad():
+        sq = (x[:, None, :] - node_means(decoder, rule)).square().sum(-1)
+    return (weights * sq).sum(1)
+
+
+def optimal_noise_variance(x, decoder, rule, noise_variance, weights=None):
+    """The M-step sum_ij r_ij ||x_i - g(z_j)||^2 / (n sum_ij r_ij)."""
+    sq = expected_squared_distance(x, decoder, rule, noise_variance, weights)
+    total = x.shape[0] if weights is None else weights.sum()
+    return sq.sum() / (x.shape[1] * total)
+
+
+def analytic_noise_variance_grad(x, decoder, rule, noise_variance, weights=None):
+    """sum_ij r_ij (||x_i - g(z_j)||^2 / sigma^2 - n) / (2 sigma^2)."""
+    sq = expected_squared_distance(x, decoder, rule, noise_variance, weights)
+    variance = torch.as_tensor(noise_variance, dtype=F64).detach()
+    total = 1.0 if weights is None else weights.sum(1)
+    return ((sq / variance - x.shape[1] * total) / (2.0 * variance)).sum()
+
+
+def analytic_decoder_grad(x, decoder, rule, noise_variance):
+    """sum_ij r_ij (x_i - g(z_j))^T dg(z_j)/d theta / sigma^2."""
+    r = posterior_weights(x, decoder, rule, noise_variance)
+    params = [p for p in decoder.parameters() if p.requires_grad]
+    means = node_means(decoder, rule)
+    residual = (x[:, None, :] - means).detach()
+    objective = (r[..., None] * residual * means).sum() / noise_variance
+    grads = torch.autograd.grad(objective, params, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
 
 
 def adaptive_rule(x, decoder, variance, n_nodes=64, dtype=F64):
@@ -111,63 +159,8 @@ def test_signed_logsumexp_error_names_the_fix():
 
 
 # ---------------------------------------------------------------------------
-# Gaussian log-likelihood matrix
+# The log-integrand
 # ---------------------------------------------------------------------------
-
-
-@SETTINGS
-@given(
-    n_points=st.integers(1, 5),
-    n_nodes=st.integers(1, 6),
-    n_features=st.integers(1, 40),
-    offset=st.sampled_from([0.0, 100.0]),
-    variance=st.floats(0.01, 4.0),
-    seed=st.integers(0, 2**16),
-)
-def test_matrix_product_equals_differences(
-    n_points, n_nodes, n_features, offset, variance, seed
-):
-    gen = seeded(seed)
-    x = offset + torch.randn(n_points, n_features, generator=gen, dtype=F64)
-    means = offset + torch.randn(n_nodes, n_features, generator=gen, dtype=F64)
-    product = gaussian_loglik_matrix(x, means, variance)
-    direct = gaussian_loglik_matrix(
-        x, means.expand(n_points, -1, -1), variance, chunk_size=2
-    )
-    naive = (
-        torch.distributions.Normal(means, math.sqrt(variance))
-        .log_prob(x[:, None, :])
-        .sum(-1)
-    )
-    assert product.shape == (n_points, n_nodes)
-    torch.testing.assert_close(product, direct, rtol=1e-10, atol=1e-8)
-    torch.testing.assert_close(direct, naive, rtol=1e-12, atol=1e-10)
-
-
-def test_float32_distances_are_accumulated_in_float64():
-    # n = 1000, sigma = 0.1: ||x||^2 - 2 x.g + ||g||^2 cancels badly in float32.
-    gen = seeded(1)
-    x = 3.0 + torch.randn(8, 1000, generator=gen)
-    means = x[:4] + 0.1 * torch.randn(4, 1000, generator=gen)
-    result = gaussian_loglik_matrix(x, means, 0.01)
-    exact = gaussian_loglik_matrix(x.double(), means.double(), 0.01)
-    assert result.dtype == F64
-    torch.testing.assert_close(result, exact, rtol=0, atol=1e-6)
-    # What a float32 expansion would lose, for the record:
-    x32, g32 = x - x.mean(0), means - x.mean(0)
-    expanded = (x32**2).sum(1, keepdim=True) - 2 * x32 @ g32.T + (g32**2).sum(1)
-    assert (
-        float(
-            (
-                expanded.double()
-                - (-2 * 0.01) * (exact + 500 * math.log(2 * math.pi * 0.01))
-            )
-            .abs()
-            .max()
-        )
-        / 0.02
-        > 1e-3
-    )
 
 
 def test_gaussian_log_integrand_shared_and_per_point_agree():
@@ -418,3 +411,32 @@ def test_em_surrogate_with_held_weights_is_the_m_step_objective():
     q = em_surrogate(x, decoder, rule, 0.5, weights=weights)
     loglik = gaussian_loglik_matrix(x, decoder(rule.nodes), 0.5)
     torch.testing.assert_close(q, (weights * loglik).sum(1))
+
+
+@pytest.mark.parametrize("kind", ["shared", "per_point", "signed"])
+def test_e_step_gives_log_p_weights_and_residuals_in_one_pass(kind):
+    decoder, x, _, _ = ppca(2, 5, 0.6, scale=0.8)
+    gen = seeded(3)
+    rule = make_rule(kind, len(x), 2, 30, gen)
+    log_p, weights, residual = e_step(x, decoder, rule, 0.36)
+    torch.testing.assert_close(log_p, log_marginal(x, decoder, rule, 0.36))
+    torch.testing.assert_close(weights.sum(1), torch.ones(len(x), dtype=F64))
+    signed = torch.exp(_direct_terms(x, decoder, rule, 0.36))
+    if rule.signs is not None:
+        signed = signed * rule.signs
+    torch.testing.assert_close(weights, signed / signed.sum(1, keepdim=True))
+    torch.testing.assert_close(
+        residual, expected_squared_distance(x, decoder, rule, 0.36, weights)
+    )
+    # Chunked over nodes or rows: the same three results.
+    chunked = e_step(x, decoder, rule, 0.36, chunk_size=7)
+    for a, b in zip((log_p, weights, residual), chunked):
+        torch.testing.assert_close(a, b)
+
+
+def _direct_terms(x, decoder, rule, variance):
+    """log w_j + log N(x_i; g(z_j), sigma^2 I) by direct differences."""
+    sq = (x[:, None, :] - node_means(decoder, rule)).square().sum(-1)
+    n = x.shape[1]
+    loglik = -0.5 * (sq / variance + n * math.log(2 * math.pi * variance))
+    return rule.log_weights + loglik

@@ -171,10 +171,12 @@ def test_large_latent_dimension_stays_finite():
     assert np.isfinite(vae.inverse_transform(vae.transform(X[:500]))).all()
 
 
-def test_non_finite_loss_stops_with_clear_error():
-    X = ppca_data(100) * 1e200
+def test_huge_values_are_rejected_and_divergence_stops_with_clear_error():
+    X = ppca_data(100)
+    with pytest.raises(ValueError, match="beyond the range"):
+        VAEICA(max_iter=2, random_state=0).fit(X * 1e200)
     with pytest.raises(FloatingPointError, match="learning_rate_init"):
-        VAEICA(max_iter=2, random_state=0).fit(X)
+        VAEICA(max_iter=2, random_state=0, learning_rate_init=1e6).fit(X)
 
 
 @pytest.mark.parametrize(
@@ -271,3 +273,16 @@ def test_feature_names_out_and_fit_transform():
     assert Z.shape == (100, 3)
     assert list(vae.get_feature_names_out()) == ["vaeica0", "vaeica1", "vaeica2"]
     np.testing.assert_array_equal(Z, vae.transform(X))
+
+
+def test_log_likelihood_of_a_dataframe_warns_nothing():
+    pd = pytest.importorskip("pandas")
+    X = ppca_data(200)
+    df = pd.DataFrame(X, columns=[f"f{i}" for i in range(X.shape[1])])
+    vae = VAEICA(max_iter=2, random_state=0).fit(df)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        values = vae.log_likelihood(df)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # X has no feature names
+        np.testing.assert_allclose(values, vae.log_likelihood(X), rtol=1e-12)

@@ -1,4 +1,5 @@
-"""Tests of sklearn_nlica.datasets: the generative processes they document."""
+"""Tests of sklearn_nlica.datasets._generators: the generative processes
+they document."""
 
 import numpy as np
 import pytest
@@ -143,6 +144,44 @@ def test_nonlinear_ica_determinism():
 )
 def test_nonlinear_ica_bad_parameters(kwargs, match):
     with pytest.raises(ValueError, match=match):
+        make_nonlinear_ica(**kwargs)
+
+
+def test_nonlinear_ica_leaky_relu_slope_and_decoders():
+    # The slope is torch.nn.LeakyReLU's default, 0.01; a network with the
+    # decoders' slope 0.2 and twice the units represents the mixing exactly.
+    torch = pytest.importorskip("torch")
+    X, S, f = make_nonlinear_ica(
+        n_samples=200,
+        n_components=2,
+        n_features=3,
+        noise_std=0.0,
+        random_state=0,
+        return_mixing=True,
+    )
+    (W,), (b,) = f.coefs_, f.intercepts_
+    H = torch.from_numpy(S @ W + b)
+    np.testing.assert_allclose(X, torch.nn.LeakyReLU()(H).numpy(), rtol=1e-15)
+    a, c = 0.01, 0.2
+    wide = torch.nn.LeakyReLU(c)(torch.cat([H, -H], dim=1)).numpy()
+    out = np.vstack([(1 - a * c) * np.eye(3), (c - a) * np.eye(3)]) / (1 - c**2)
+    np.testing.assert_allclose(wide @ out, X, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"noise_std": True},
+        {"noise_std": np.inf},
+        {"hidden_size": True},
+        {"hidden_size": 2.0},
+        {"return_mixing": 1},
+        {"random_state": "0"},
+    ],
+)
+def test_nonlinear_ica_more_bad_parameters(kwargs):
+    name = next(iter(kwargs))
+    with pytest.raises(ValueError, match=name):
         make_nonlinear_ica(**kwargs)
 
 
@@ -345,13 +384,30 @@ def test_segmented_bad_parameters(kwargs, match):
         make_segmented_sources(**kwargs)
 
 
-def test_mixing_mlp_checks():
-    f = MixingMLP([np.ones((2, 3))], [np.zeros(3)], ["relu"], 0.01)
-    with pytest.raises(ValueError, match="shape"):
-        f(np.ones((4, 3)))
-    with pytest.raises(ValueError, match="not invertible"):
-        f.inverse(np.ones((4, 3)))
-    g = MixingMLP([np.ones((3, 2))], [np.zeros(2)], ["identity"], 0.01)
-    with pytest.raises(ValueError, match="not invertible"):
-        g.inverse(np.ones((4, 2)))
-    assert "layer_sizes=[2, 3]" in repr(f)
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"n_segments": True}, "n_segments"),
+        ({"n_features": 0}, "n_features"),
+        ({"noise_std": False}, "noise_std"),
+        ({"negative_slope": True}, "negative_slope"),
+        ({"negative_slope": np.inf}, "negative_slope"),
+        ({"std_range": (1.0, 2.0, 3.0)}, "std_range"),
+        ({"std_range": "ab"}, "std_range"),
+        ({"mean_range": (1.0, -1.0)}, "mean_range"),
+        ({"mean_range": 0.0}, "mean_range"),
+        ({"shuffle": "yes"}, "shuffle"),
+        ({"return_mixing": None}, "return_mixing"),
+    ],
+)
+def test_segmented_more_bad_parameters(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_segmented_sources(**kwargs)
+
+
+def test_segmented_accepts_numpy_integers():
+    # n_features=None means n_components; numpy integers are accepted.
+    X, S, U = make_segmented_sources(
+        n_segments=np.int64(2), n_per_segment=5, n_components=3, random_state=0
+    )
+    assert X.shape == (10, 3) and S.shape == (10, 3) and U.shape == (10,)

@@ -1,0 +1,177 @@
+"""The maximum-likelihood estimator's solver: parameter-expanded EM on mini-batches.
+
+Every batch: an E-step (the integration rule and the posterior weights r_ij
+at the current parameters), then ``n_m_steps`` optimizer steps on the EM
+surrogate sum_ij r_ij log N(x_i; g(z_j), sigma^2 I) with the weights held
+fixed. Every epoch, from the E-step statistics of all batches
+(:class:`EStepStatistics`): sigma^2 jumps to its M-step, a linear decoder to
+its exact M-step (EM for probabilistic PCA, Tipping and Bishop, 1999), and the
+latent space is standardised (:func:`latent_standardisation`). The closed-form
+updates use the whole training set, so they carry no mini-batch noise and need
+no step size.
+
+The solver asks the module which parameters move in closed form
+(``closed_form_parameters()``) and writes the updates through the decoder's
+own methods; it knows no parameter by name.
+"""
+
+import torch
+
+from ._training import ObjectiveNet
+
+
+class EStepStatistics:
+    """What the closed-form parts of EM's M-step need, summed over an epoch.
+
+    From each batch's E-step (posterior weights r_ij on nodes z_ij):
+
+    - the aggregate posterior's moments, sum_ij r_ij z~_ij z~_ij^T with
+      z~ = (z, 1), for the latent standardisation;
+    - the expected squared residual sum_ij r_ij ||x_i - g(z_ij)||^2, whose mean
+      over the data and features is the M-step for sigma^2;
+    - for a linear decoder g(z) = A z + b, also sum_i x_i (sum_j r_ij z~_ij)^T
+      and sum_i ||x_i||^2: with the moments above these are the normal
+      equations of the M-step for (A, b).
+
+    Everything is accumulated in float64, with x centred (at ``centre``) so
+    that the residual sum of squares does not cancel.
+    """
+
+    def __init__(self, n_components, n_features, centre, linear):
+        kwargs = {"dtype": torch.float64, "device": centre.device}
+        self.centre = centre.detach().to(torch.float64)
+        self.zz = torch.zeros(n_components + 1, n_components + 1, **kwargs)
+        self.residual = torch.zeros((), **kwargs)
+        self.linear = linear
+        if linear:
+            self.xz = torch.zeros(n_features, n_components + 1, **kwargs)
+            self.xx = torch.zeros((), **kwargs)
+        self.count = 0
+
+    def add(self, x, nodes, weights, residual):
+        """Add one batch: ``x`` (B, n), ``nodes`` (K, m) or (B, K, m),
+        ``weights`` r (B, K) and ``residual`` (B,) from the E-step."""
+        r = weights.to(torch.float64)
+        z = nodes.to(torch.float64)
+        z = torch.cat([z, torch.ones_like(z[..., :1])], dim=-1)
+        if z.dim() == 2:
+            expected = r @ z
+            self.zz += z.T @ (r.sum(0)[:, None] * z)
+        else:
+            expected = torch.einsum("bk,bkm->bm", r, z)
+            flat = z.reshape(-1, z.shape[-1])
+            self.zz += flat.T @ (r.reshape(-1, 1) * flat)
+        self.residual += residual.sum()
+        if self.linear:
+            x = x.detach().to(torch.float64) - self.centre
+            self.xz += x.T @ expected
+            self.xx += (x * x).sum()
+        self.count += x.shape[0]
+
+    def latent_moments(self):
+        """Mean and covariance of the aggregate posterior (1/N) sum_i p(z | x_i)."""
+        moments = self.zz / self.count
+        mean = moments[:-1, -1]
+        return mean, moments[:-1, :-1] - torch.outer(mean, mean)
+
+    def noise_variance(self, n_features):
+        """The M-step for sigma^2 at the E-step's decoder."""
+        return self.residual / (n_features * self.count)
+
+    def linear_m_step(self):
+        """The M-step of a linear decoder: weight (n, m), bias (n,), sigma^2."""
+        zz = 0.5 * (self.zz + self.zz.T)
+        # A ridge far below any real signal; it only matters if the posterior
+        # moments are singular (all points at one latent value).
+        ridge = 1e-12 * zz.diagonal().mean()
+        eye = torch.eye(len(zz), dtype=zz.dtype, device=zz.device)
+        coef = torch.linalg.solve(zz + ridge * eye, self.xz.T).T
+        residual = self.xx - 2.0 * (coef * self.xz).sum() + ((coef @ zz) * coef).sum()
+        noise_variance = residual / (self.xz.shape[0] * self.count)
+        return coef[:, :-1], coef[:, -1] + self.centre, noise_variance
+
+
+def latent_standardisation(covariance):
+    """The symmetric square root S^1/2 of the aggregate posterior's covariance.
+
+    The parameter-expanded EM step (Liu, Rubin and Wu, 1998): give the prior
+    a free mean mu and covariance S, maximise the EM surrogate over them (the
+    aggregate posterior's moments), then return to the N(0, I) prior by
+    z = mu + S^1/2 z', folded into the decoder (``absorb_affine``): the
+    decoder computes the same function of z' as it did of z, and the
+    likelihood cannot decrease. This moves the parameters along the
+    directions that the likelihood sees only through the prior (scale and
+    offset of the latent space), where gradient steps and plain EM both crawl
+    once the noise is small. The symmetric root leaves the latent axes where
+    they are (no rotation).
+    """
+    eigenvalues, eigenvectors = torch.linalg.eigh(0.5 * (covariance + covariance.T))
+    return (eigenvectors * eigenvalues.clamp_min(1e-12).sqrt()) @ eigenvectors.T
+
+
+class EMNet(ObjectiveNet):
+    """Generalised, parameter-expanded EM on mini-batches (see the module notes).
+
+    The history records log p(x) at each batch's E-step.
+    """
+
+    def __init__(self, module, *args, n_m_steps=5, **kwargs):
+        super().__init__(module, *args, **kwargs)
+        self.n_m_steps = n_m_steps
+
+    def on_train_begin(self, net, **kwargs):
+        super().on_train_begin(net, **kwargs)
+        closed_form = {id(p) for p in self.module_.closed_form_parameters()}
+        self.m_step_parameters_ = [
+            p for p in self.module_.parameters() if id(p) not in closed_form
+        ]
+
+    def run_single_epoch(self, iterator, training, prefix, step_fn, **fit_params):
+        if not training or iterator is None:
+            return super().run_single_epoch(
+                iterator, training, prefix, step_fn, **fit_params
+            )
+        decoder = self.module_.decoder
+        x = iterator.dataset.x
+        self.statistics_ = EStepStatistics(
+            self.module_.n_components, x.shape[1], x.mean(0), linear=decoder.is_linear
+        )
+        super().run_single_epoch(iterator, training, prefix, step_fn, **fit_params)
+        statistics = self.statistics_
+        del self.statistics_
+        self._closed_form_step(decoder, statistics, x.shape[1])
+
+    @staticmethod
+    def _closed_form_step(decoder, statistics, n_features):
+        noise_variance = statistics.noise_variance(n_features)
+        if statistics.linear:
+            weight, bias, noise_variance = statistics.linear_m_step()
+            decoder.set_linear(weight, bias)
+        if decoder.noise_parameters():
+            decoder.set_noise_variance(float(noise_variance))
+        mean, covariance = statistics.latent_moments()
+        decoder.absorb_affine(mean, latent_standardisation(covariance))
+
+    def train_step(self, batch, **fit_params):
+        self._set_training(True)
+        x = batch[0]
+        model = self.module_
+        with torch.no_grad():
+            rule = model.rule(x)
+        log_p, weights, residual = model.e_step(x, rule)
+        self.statistics_.add(x, rule.nodes, weights, residual)
+        steps = [p for p in self.m_step_parameters_ if p.requires_grad]
+        for _ in range(self.n_m_steps if steps else 0):
+            self.optimizer_.zero_grad()
+            surrogate = model.em_surrogate(x, rule, weights=weights)
+            (-surrogate.mean()).backward()
+            for param in model.closed_form_parameters():
+                param.grad = None
+            self.notify(
+                "on_grad_computed",
+                batch=batch,
+                training=True,
+                named_parameters=list(self.get_all_learnable_params()),
+            )
+            self.optimizer_.step()
+        return {"loss": -log_p.mean().to(x.dtype), "y_pred": log_p.to(x.dtype)}

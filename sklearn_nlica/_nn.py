@@ -1,0 +1,469 @@
+"""Network building blocks: MLPs, Gaussian encoders and decoder, the
+conditional prior of the identifiable VAE.
+
+Each block owns its parameters: it says which of them form its nonlinear
+branch and how closed-form updates (noise variance, a linear decoder's
+weights, an affine change of the latent variable) are written into it, so
+that nothing outside this file needs a parameter's name.
+"""
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ._densities import (
+    LOG_2PI,
+    inverse_positive,
+    kl_diag_diag,
+    kl_diag_laplace,
+    log_laplace_diag,
+    log_normal_diag,
+    log_normal_isotropic,
+    positive,
+)
+
+# The decoders' slope: it keeps leaky-ReLU networks well conditioned and
+# invertible, the property nonlinear-ICA mixing functions rely on. It is a
+# modelling choice, independent of the slope the data generators use.
+LEAKY_RELU_SLOPE = 0.2
+
+ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "leaky_relu": lambda: nn.LeakyReLU(LEAKY_RELU_SLOPE),
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "gelu": nn.GELU,
+    "identity": nn.Identity,
+}
+
+
+def initial_noise_variance(x, n_components=None):
+    """A starting sigma^2 from the data (a float).
+
+    Without ``n_components``: the mean variance per feature, all of which
+    a decoder that starts near the data mean leaves unexplained. A smaller
+    start is inconsistent with such a decoder: the first gradients with
+    respect to sigma^2 are then of order n * (total variance / sigma^2), and
+    Adam's second-moment estimate remembers them long after.
+
+    With ``n_components``: probabilistic PCA's residual variance, the mean
+    variance of ``x`` outside its top ``n_components`` principal directions
+    (a low-rank SVD), i.e. the noise level of the best linear model of that
+    latent dimension; it saves a VAE most of the way down to a small sigma^2.
+
+    Both are floored (at 1e-3 of the total variance per feature for the
+    residual, at 1e-3 for the total); one row or a non-finite variance gives 1.
+    """
+    n_samples, n_features = x.shape
+    if n_samples < 2:
+        return 1.0
+    if n_components is None:
+        variance = float(x.var(0).mean())
+        return max(variance, 1e-3) if np.isfinite(variance) else 1.0
+    centred = x - x.mean(0)
+    total = float(centred.square().sum()) / (n_samples - 1)
+    floor = max(1e-3 * total / n_features, 1e-6)
+    if n_components >= min(n_samples - 1, n_features):
+        return floor
+    q = min(n_components + 10, min(x.shape))
+    _, singular, _ = torch.svd_lowrank(centred, q=q, niter=4)
+    explained = float(singular[:n_components].square().sum()) / (n_samples - 1)
+    return max((total - explained) / (n_features - n_components), floor)
+
+
+def make_trunk(n_in, hidden_layer_sizes, activation):
+    """Hidden layers (Linear + activation each) and the width they end with."""
+    layers = []
+    width = n_in
+    for h in hidden_layer_sizes:
+        layers += [nn.Linear(width, h), ACTIVATIONS[activation]()]
+        width = h
+    return nn.Sequential(*layers), width
+
+
+def make_mlp(n_in, hidden_layer_sizes, n_out, activation):
+    """A plain MLP: Linear, activation, ..., Linear (no activation at the end)."""
+    trunk, width = make_trunk(n_in, hidden_layer_sizes, activation)
+    return nn.Sequential(*trunk, nn.Linear(width, n_out))
+
+
+def _linear_skip(head, n_in, n_out, bias):
+    """For a residual map ``skip(v) + head(MLP(v))``: zero the head (the map
+    starts linear) and return the linear skip."""
+    nn.init.zeros_(head.weight)
+    if bias:
+        nn.init.zeros_(head.bias)
+    return nn.Linear(n_in, n_out, bias=bias)
+
+
+def _start_broad(raw_variance):
+    # A broad posterior at first (s^2 = 1): the KL is then small and the
+    # decoder sees varied codes from the first step.
+    nn.init.zeros_(raw_variance.weight)
+    nn.init.constant_(raw_variance.bias, inverse_positive(1.0))
+
+
+class GaussianEncoder(nn.Module):
+    """q(z | x) = N(mu(x), diag s^2(x)), one MLP trunk with two linear heads.
+
+    With ``residual=True`` the mean is ``skip(x) + head(MLP(x))`` with the
+    head starting at zero: a linear encoder that can grow nonlinear.
+    ``forward`` returns the mean (B, m) and the variances (B, m).
+    """
+
+    def __init__(
+        self, n_in, n_components, hidden_layer_sizes, activation, *, residual=False
+    ):
+        super().__init__()
+        self.trunk, width = make_trunk(n_in, hidden_layer_sizes, activation)
+        self.mean = nn.Linear(width, n_components)
+        self.raw_variance = nn.Linear(width, n_components)
+        _start_broad(self.raw_variance)
+        self.skip = (
+            _linear_skip(self.mean, n_in, n_components, True) if residual else None
+        )
+
+    def forward(self, x):
+        h = self.trunk(x)
+        mean = self.mean(h)
+        if self.skip is not None:
+            mean = mean + self.skip(x)
+        return mean, positive(self.raw_variance(h))
+
+    def nonlinear_parameters(self):
+        """The parameters of the nonlinear branch (none unless residual)."""
+        if self.skip is None:
+            return []
+        return [*self.trunk.parameters(), *self.mean.parameters()]
+
+
+class FullCovarianceGaussianEncoder(nn.Module):
+    """q(z | x) = N(mu(x), L(x) L(x)^T) with L lower triangular.
+
+    One MLP trunk with three linear heads: the mean, the diagonal of L
+    (through ``positive`` on its square, as the diagonal encoder's
+    variance) and the entries below it. Those are relative to the column's
+    scale, ``L[i, j] = d_j * o_ij``, so that correlations do not depend on
+    the posterior's scale; they start at 0, a diagonal posterior of variance
+    1. ``forward`` returns the mean (B, m) and L (B, m, m). ``residual`` as
+    in :class:`GaussianEncoder`.
+    """
+
+    def __init__(
+        self, n_in, n_components, hidden_layer_sizes, activation, *, residual=False
+    ):
+        super().__init__()
+        self.trunk, width = make_trunk(n_in, hidden_layer_sizes, activation)
+        self.mean = nn.Linear(width, n_components)
+        self.skip = (
+            _linear_skip(self.mean, n_in, n_components, True) if residual else None
+        )
+        self.raw_variance = nn.Linear(width, n_components)
+        _start_broad(self.raw_variance)
+        # One latent dimension has no entries below the diagonal.
+        self.off_diagonal = None
+        if n_components > 1:
+            self.off_diagonal = nn.Linear(width, n_components * (n_components - 1) // 2)
+            nn.init.zeros_(self.off_diagonal.weight)
+            nn.init.zeros_(self.off_diagonal.bias)
+        rows, cols = torch.tril_indices(n_components, n_components, -1)
+        self.register_buffer("rows", rows, persistent=False)
+        self.register_buffer("cols", cols, persistent=False)
+
+    def forward(self, x):
+        h = self.trunk(x)
+        scale = positive(self.raw_variance(h)).sqrt()  # (B, m)
+        m = scale.shape[-1]
+        tril = torch.zeros(*scale.shape, m, dtype=scale.dtype, device=scale.device)
+        if self.off_diagonal is not None:
+            tril[..., self.rows, self.cols] = (
+                self.off_diagonal(h) * scale[..., self.cols]
+            )
+        mean = self.mean(h) if self.skip is None else self.mean(h) + self.skip(x)
+        return mean, tril + torch.diag_embed(scale)
+
+    nonlinear_parameters = GaussianEncoder.nonlinear_parameters
+
+
+class GaussianDecoder(nn.Module):
+    """p(x | z) = N(g(z), sigma^2 I) with three ways to get sigma^2.
+
+    ``variance="shared"`` learns one sigma^2 for all samples, ``"fixed"``
+    keeps it at ``noise_variance`` (a buffer, which closed-form updates may
+    still set), and ``"per_sample"`` is a scalar head ``log s^2 = W2 h + b2``
+    on the last hidden layer (on z itself for a linear decoder). With
+    ``residual=True`` the mean is ``b + W z + out(MLP(z))`` with ``out``'s
+    weights starting at zero: a linear decoder that can grow nonlinear.
+    """
+
+    def __init__(
+        self,
+        n_components,
+        n_features,
+        hidden_layer_sizes,
+        activation,
+        *,
+        variance="shared",
+        noise_variance=1.0,
+        mean_init=None,
+        residual=False,
+    ):
+        super().__init__()
+        self.variance = variance
+        self.hidden, width = make_trunk(n_components, hidden_layer_sizes, activation)
+        self.out = nn.Linear(width, n_features)
+        if mean_init is not None:
+            with torch.no_grad():
+                self.out.bias.copy_(torch.as_tensor(mean_init))
+        raw = torch.tensor(inverse_positive(noise_variance))
+        if variance == "shared":
+            self.raw_noise_variance = nn.Parameter(raw)
+        elif variance == "fixed":
+            self.register_buffer("raw_noise_variance", raw)
+        else:
+            self.variance_head = nn.Linear(width, 1)
+            nn.init.zeros_(self.variance_head.weight)
+            nn.init.constant_(self.variance_head.bias, float(raw))
+        self.skip = (
+            _linear_skip(self.out, n_components, n_features, False)
+            if residual
+            else None
+        )
+
+    @property
+    def is_linear(self):
+        """Whether g is affine with no hidden layer (g(z) = A z + b)."""
+        return len(self.hidden) == 0 and self.skip is None
+
+    def forward(self, z):
+        """Return the mean g(z) and the variance (scalar, or one per z)."""
+        h = self.hidden(z)
+        mean = self.out(h)
+        if self.skip is not None:
+            mean = mean + self.skip(z)
+        if self.variance == "per_sample":
+            return mean, positive(self.variance_head(h)).squeeze(-1)
+        return mean, positive(self.raw_noise_variance)
+
+    def mean(self, z):
+        """The decoder mean g(z) alone."""
+        return self(z)[0]
+
+    def log_prob(self, x, z):
+        """log p(x | z); ``z`` has shape (..., m) and ``x`` broadcasts to (..., n)."""
+        mean, variance = self(z)
+        return log_normal_isotropic(x, mean, variance)
+
+    def noise_variance(self):
+        """sigma^2 as a tensor (None when the variance depends on z)."""
+        if self.variance == "per_sample":
+            return None
+        return positive(self.raw_noise_variance)
+
+    # ---- parameter groups and closed-form updates ----------------------------
+
+    def nonlinear_parameters(self):
+        """The parameters of the nonlinear branch (none unless residual)."""
+        if self.skip is None:
+            return []
+        return [*self.hidden.parameters(), self.out.weight]
+
+    def mean_parameters(self):
+        """The parameters of g."""
+        layers = [self.hidden, self.out] + (
+            [self.skip] if self.skip is not None else []
+        )
+        return [p for layer in layers for p in layer.parameters()]
+
+    def noise_parameters(self):
+        """The learned sigma^2 (empty unless ``variance="shared"``)."""
+        return [self.raw_noise_variance] if self.variance == "shared" else []
+
+    def closed_form_parameters(self):
+        """What EM moves in closed form: sigma^2, and all of a linear g."""
+        linear = [self.out.weight, self.out.bias] if self.is_linear else []
+        return self.noise_parameters() + linear
+
+    @torch.no_grad()
+    def set_noise_variance(self, value):
+        """Write sigma^2 (a float or a 0-d tensor) into the shared or fixed
+        variance."""
+        raw = inverse_positive(value)
+        if isinstance(raw, torch.Tensor):
+            self.raw_noise_variance.copy_(raw)
+        else:
+            self.raw_noise_variance.fill_(raw)
+
+    @torch.no_grad()
+    def set_linear(self, weight, bias):
+        """Write a linear decoder's weight (n, m) and bias (n,)."""
+        self.out.weight.copy_(weight)
+        self.out.bias.copy_(bias)
+
+    @torch.no_grad()
+    def absorb_affine(self, shift, root):
+        """Re-express g in z' where z = shift + root z': g changes its
+        parametrisation, not its function of z."""
+        first = self.hidden[0] if len(self.hidden) else self.out
+        weight = first.weight.to(torch.float64)
+        first.bias.add_((weight @ shift).to(first.bias.dtype))
+        first.weight.copy_((weight @ root).to(first.weight.dtype))
+        if self.skip is not None:
+            weight = self.skip.weight.to(torch.float64)
+            self.out.bias.add_((weight @ shift).to(self.out.bias.dtype))
+            self.skip.weight.copy_((weight @ root).to(self.skip.weight.dtype))
+
+
+# ---- the conditional prior of the identifiable VAE --------------------------
+
+# Log-variances of the conditional prior are squashed into [-B, B] (a variance
+# between 3e-4 and 3e3): a segment with few points, or one bad batch, can then
+# never drive a prior variance to 0 or infinity and the ELBO to +-inf.
+PRIOR_LOG_VARIANCE_BOUND = 8.0
+
+PRIOR_FAMILIES = ("gaussian", "variance", "laplace")
+
+
+def bounded_log_variance(raw, bound=PRIOR_LOG_VARIANCE_BOUND):
+    """``bound * tanh(raw / bound)``: the identity near 0, smooth, bounded."""
+    return bound * torch.tanh(raw / bound)
+
+
+class ConditionalPrior(nn.Module):
+    """A conditionally factorial prior p(z | u) = prod_i p(z_i | lambda_i(u)).
+
+    Every family is described by a location and a variance per component:
+
+    - ``"gaussian"``: N(mu_i(u), s_i^2(u)), the exponential family with
+      sufficient statistics (z, z^2) and natural parameters
+      (mu / s^2, -1 / (2 s^2));
+    - ``"variance"``: N(0, s_i^2(u)), only the variance moves with u;
+    - ``"laplace"``: Laplace(mu_i(u), b_i(u)) with variance 2 b^2.
+
+    The parameters are a table indexed by the class code of a discrete u
+    (``n_classes`` rows, initialised to the standard normal, with the classes'
+    frequencies ``class_weights``, uniform by default) or an MLP of a
+    continuous u of width ``n_aux``. Either way they are stored as
+    (location, log-variance), a smooth one-to-one reparameterisation of the
+    natural parameters whose log-variance is bounded (see
+    ``PRIOR_LOG_VARIANCE_BOUND``).
+    """
+
+    def __init__(
+        self,
+        n_components,
+        *,
+        family="gaussian",
+        n_classes=None,
+        n_aux=None,
+        hidden_layer_sizes=(),
+        activation="leaky_relu",
+        class_weights=None,
+    ):
+        super().__init__()
+        if family not in PRIOR_FAMILIES:
+            raise ValueError(f"family must be one of {PRIOR_FAMILIES}, got {family!r}.")
+        if (n_classes is None) == (n_aux is None):
+            raise ValueError(
+                "Give exactly one of n_classes (discrete u) and n_aux (continuous u)."
+            )
+        self.n_components = n_components
+        self.family = family
+        self.discrete = n_classes is not None
+        self.n_classes = n_classes
+        self.n_aux = n_aux
+        n_params = n_components * (1 if family == "variance" else 2)
+        if self.discrete:
+            self.table = nn.Embedding(n_classes, n_params)
+            nn.init.zeros_(self.table.weight)
+            weights = (
+                torch.full((n_classes,), 1.0 / n_classes)
+                if class_weights is None
+                else torch.as_tensor(class_weights, dtype=torch.get_default_dtype())
+            )
+            self.register_buffer("log_class_weights", torch.log(weights))
+        else:
+            self.net = make_mlp(n_aux, hidden_layer_sizes, n_params, activation)
+            # Start from the standard normal for every u, like the table.
+            nn.init.zeros_(self.net[-1].weight)
+            nn.init.zeros_(self.net[-1].bias)
+
+    def features(self, u, dtype):
+        """u as network input: one-hot codes, or the covariates themselves."""
+        if self.discrete:
+            return F.one_hot(u, self.n_classes).to(dtype)
+        return u
+
+    def forward(self, u):
+        """Location and variance of p(z | u), each of shape (len(u), m)."""
+        return self._split(self.table(u) if self.discrete else self.net(u))
+
+    def table_parameters(self):
+        """Location and variance of p(z | u) for every class of a discrete u."""
+        return self._split(self.table.weight)
+
+    def _split(self, params):
+        m = self.n_components
+        if self.family == "variance":
+            loc, raw = torch.zeros_like(params), params
+        else:
+            loc, raw = params[..., :m], params[..., m:]
+        return loc, torch.exp(bounded_log_variance(raw))
+
+    def kl(self, mean_q, variance_q, loc, variance):
+        """KL(N(mean_q, variance_q) || p) for the prior with these parameters."""
+        if self.family == "laplace":
+            return kl_diag_laplace(mean_q, variance_q, loc, (0.5 * variance).sqrt())
+        return kl_diag_diag(mean_q, variance_q, loc, variance)
+
+    def log_prob(self, z, loc, variance):
+        """log p(z | u) for the prior with these parameters, summed over z's axis."""
+        if self.family == "laplace":
+            return log_laplace_diag(z, loc, (0.5 * variance).sqrt())
+        return log_normal_diag(z, loc, variance)
+
+    def log_prob_table(self, z, loc, variance):
+        """log p(z_i | u_j) for every row i of ``z`` (B, m) and every row j of
+        the parameters (C, m), shape (B, C)."""
+        if self.family == "laplace":
+            return self.log_prob(z.unsqueeze(1), loc, variance)
+        # The Gaussian is linear in its sufficient statistics (z, z^2): two
+        # matrix products instead of a (B, C, m) broadcast.
+        precision = 1.0 / variance
+        constant = -0.5 * (
+            LOG_2PI + torch.log(variance) + loc.square() * precision
+        ).sum(-1)
+        return z @ (loc * precision).T - 0.5 * z.square() @ precision.T + constant
+
+    def log_posterior(self, z, u, loc, variance):
+        """log p(u_i | z_i): the prior as a classifier of u, by Bayes' rule.
+
+        A discrete u is scored against every class, weighted by its
+        frequency. A continuous u has no such sum: the rows' own u, whose
+        prior parameters are ``loc`` and ``variance``, stand in for p(u),
+        log p(z_i | u_i) - log mean_j p(z_i | u_j), the contrastive (InfoNCE)
+        estimate, which needs batches of more than one row.
+        """
+        if self.discrete:
+            table = (
+                self.log_prob_table(z, *self.table_parameters())
+                + self.log_class_weights
+            )
+            return table.log_softmax(dim=1).gather(1, u.unsqueeze(1)).squeeze(1)
+        table = self.log_prob_table(z, loc, variance)
+        return table.diagonal() - torch.logsumexp(table, dim=1) + math.log(len(z))
+
+    def draw(self, loc, variance):
+        """One draw from the prior with these parameters, from torch's global
+        generator (on their device)."""
+        if self.family == "laplace":
+            scale = (0.5 * variance).sqrt()
+            e = torch.rand_like(loc) - 0.5
+            # Inverse CDF; the clamp keeps log1p away from log(0).
+            return loc - scale * e.sign() * torch.log1p(
+                -2.0 * e.abs().clamp(max=0.5 - 1e-12)
+            )
+        return loc + variance.sqrt() * torch.randn_like(loc)

@@ -1,0 +1,93 @@
+"""Network building blocks (sklearn_nlica._nn): parameter groups, the
+closed-form writes into the decoder, and the starting noise variance."""
+
+import numpy as np
+import pytest
+import torch
+
+from sklearn_nlica._densities import MIN_VARIANCE
+from sklearn_nlica._nn import (
+    FullCovarianceGaussianEncoder,
+    GaussianDecoder,
+    GaussianEncoder,
+    initial_noise_variance,
+)
+
+F64 = torch.float64
+
+
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("hidden", [(), (5,), (5, 3)])
+def test_absorb_affine_keeps_the_decoder_function(hidden, residual):
+    torch.manual_seed(0)
+    decoder = GaussianDecoder(2, 4, hidden, "tanh", residual=residual).double()
+    with torch.no_grad():
+        for p in decoder.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    shift = torch.tensor([0.3, -1.0], dtype=F64)
+    cov = torch.tensor([[2.0, 0.5], [0.5, 0.7]], dtype=F64)
+    root = torch.linalg.cholesky(cov)  # any invertible root will do
+    z = torch.randn(10, 2, dtype=F64)
+    with torch.no_grad():
+        before = decoder.mean(shift + z @ root.T)
+        decoder.absorb_affine(shift, root)
+        torch.testing.assert_close(decoder.mean(z), before)
+
+
+@pytest.mark.parametrize("value", [1e-8, 1e-3, 0.7, 50.0, 1e6])
+def test_set_noise_variance_round_trips(value):
+    for variance in ("shared", "fixed"):
+        decoder = GaussianDecoder(2, 3, (), "identity", variance=variance).double()
+        expected = pytest.approx(max(value, MIN_VARIANCE), rel=1e-9, abs=1e-11)
+        decoder.set_noise_variance(value)
+        assert float(decoder.noise_variance().detach()) == expected
+        decoder.set_noise_variance(torch.tensor(value, dtype=F64))
+        assert float(decoder.noise_variance().detach()) == expected
+
+
+def test_parameter_groups_partition_the_decoder():
+    decoder = GaussianDecoder(2, 3, (4,), "relu", residual=True)
+    mean, noise = decoder.mean_parameters(), decoder.noise_parameters()
+    assert {id(p) for p in mean} | {id(p) for p in noise} == {
+        id(p) for p in decoder.parameters()
+    }
+    assert len(noise) == 1 and not ({id(p) for p in mean} & {id(p) for p in noise})
+    # The nonlinear branch: the hidden layers and the output weight, not the
+    # linear skip or the bias.
+    branch = {id(p) for p in decoder.nonlinear_parameters()}
+    assert id(decoder.skip.weight) not in branch and id(decoder.out.bias) not in branch
+    assert id(decoder.out.weight) in branch
+    assert GaussianDecoder(2, 3, (4,), "relu").nonlinear_parameters() == []
+
+
+def test_closed_form_parameters():
+    linear = GaussianDecoder(2, 3, (), "identity")
+    assert len(linear.closed_form_parameters()) == 3  # sigma^2, weight, bias
+    fixed = GaussianDecoder(2, 3, (4,), "relu", variance="fixed")
+    assert fixed.closed_form_parameters() == [] and fixed.noise_parameters() == []
+    assert (
+        GaussianDecoder(2, 3, (4,), "relu", variance="per_sample").noise_variance()
+        is None
+    )
+
+
+@pytest.mark.parametrize("cls", [GaussianEncoder, FullCovarianceGaussianEncoder])
+def test_residual_encoders_start_linear(cls):
+    torch.manual_seed(0)
+    encoder = cls(4, 2, (8,), "tanh", residual=True).double()
+    x = torch.randn(5, 4, dtype=F64)
+    mean, _ = encoder(x)
+    torch.testing.assert_close(mean, encoder.skip(x))
+    assert len(encoder.nonlinear_parameters()) == 4  # trunk and mean head
+
+
+def test_initial_noise_variance_policies():
+    rng = np.random.RandomState(0)
+    signal = rng.randn(500, 2) @ rng.randn(2, 6)
+    x = torch.as_tensor(signal + 0.1 * rng.randn(500, 6))
+    total = float(x.var(0).mean())
+    assert initial_noise_variance(x) == pytest.approx(total)
+    residual = initial_noise_variance(x, 2)
+    assert residual == pytest.approx(0.01, rel=0.2)
+    assert initial_noise_variance(x[:1]) == 1.0
+    assert initial_noise_variance(torch.zeros(10, 3)) == 1e-3
