@@ -49,12 +49,12 @@ X, S = make_nonlinear_ica(
 # %%
 # One grid search per estimator
 # -----------------------------
-# A single 60/40 split (420 rows to fit, 280 to score) keeps the example fast (``cv=5`` would average over
-# five). Several scorers are computed at once: the estimator's own
-# ``score``, then the reconstruction scorers, which compare the held-out
-# ``X`` with ``inverse_transform(transform(X))`` (the negated Procrustes
-# disparity and the first canonical correlation). ``refit=False``: we only
-# want the table.
+# A single 60/40 split (420 rows to fit, 280 to score) keeps the example fast
+# (``cv=5`` would average over five). Several scorers are computed at once:
+# the estimator's own ``score``, then the reconstruction scorers, which
+# compare the held-out ``X`` with ``inverse_transform(transform(X))`` (the
+# negated Procrustes disparity and the first canonical correlation).
+# ``refit=False``: we only want the table.
 split = ShuffleSplit(n_splits=1, test_size=0.4, random_state=0)
 
 

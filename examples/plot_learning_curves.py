@@ -14,10 +14,12 @@ for the two ways of fitting :math:`z \sim N(0, I_2)`,
 - :class:`~sklearn_nlica.VAEICA` records the same for the ELBO, a lower
   bound of the log-likelihood. Its importance-weighted log-likelihood
   (:meth:`~sklearn_nlica.VAEICA.log_likelihood`) puts it on the MLE's scale;
-  a small skorch callback computes it after every epoch.
+  a small skorch callback keeps each epoch's weights to compute it.
 """
 
 # SPDX-License-Identifier: BSD-3-Clause
+
+import copy
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -33,27 +35,34 @@ torch.set_num_threads(1)
 
 
 # %%
-# A callback that scores the model being trained
-# ----------------------------------------------
-# Extra skorch callbacks go in ``callbacks=[(name, callback)]``. After each
-# epoch this one records the mean importance-weighted log-likelihood of some
-# data sets in the net's history. The estimator's methods read the trained
-# network from its ``net_`` attribute, which ``fit`` sets at the end; the
-# callback points it at the network in training so that
-# :meth:`~sklearn_nlica.VAEICA.log_likelihood` can run mid-fit. (The
-# evaluation uses its own fixed nodes and leaves the training's random
-# stream untouched.)
-class LogLikelihoodPerEpoch(Callback):
-    def __init__(self, estimator, datasets, n_samples=32):
-        self.estimator = estimator
-        self.datasets = datasets
-        self.n_samples = n_samples
+# A callback that keeps the weights of every epoch
+# ------------------------------------------------
+# Extra skorch callbacks go in ``callbacks=[(name, callback)]``. This one
+# copies the network's weights after each epoch; once the fit is done, we
+# load each copy into the fitted estimator's ``module_`` in turn and compute
+# its importance-weighted log-likelihood
+# (:meth:`~sklearn_nlica.VAEICA.log_likelihood`, with its own fixed nodes) on
+# training and test rows.
+class WeightsPerEpoch(Callback):
+    def initialize(self):
+        self.states = []
+        return self
 
     def on_epoch_end(self, net, **kwargs):
-        self.estimator.net_ = net
-        for name, X in self.datasets.items():
-            log_p = self.estimator.log_likelihood(X, n_samples=self.n_samples)
-            net.history.record(name, float(log_p.mean()))
+        self.states.append(copy.deepcopy(net.module_.state_dict()))
+
+
+def log_likelihood_per_epoch(estimator, states, datasets, n_samples=32):
+    """Mean IW log-likelihood of each data set under each epoch's weights."""
+    final = copy.deepcopy(estimator.module_.state_dict())
+    curves = {name: [] for name in datasets}
+    for state in states:
+        estimator.module_.load_state_dict(state)
+        for name, X in datasets.items():
+            log_p = estimator.log_likelihood(X, n_samples=n_samples)
+            curves[name].append(float(log_p.mean()))
+    estimator.module_.load_state_dict(final)
+    return {name: np.asarray(values) for name, values in curves.items()}
 
 
 # %%
@@ -91,9 +100,12 @@ for activation in ["tanh", "sigmoid"]:
     vae = VAEICA(
         n_mc_samples=8, batch_size=100, learning_rate_init=3e-3, max_iter=100, **model
     )
-    per_epoch = LogLikelihoodPerEpoch(vae, {"train": X_train, "test": X_test})
-    vae.set_params(callbacks=[("log_likelihood", per_epoch)])
+    weights = WeightsPerEpoch()
+    vae.set_params(callbacks=[("weights", weights)])
     vae.fit(X_train)
+    iw = log_likelihood_per_epoch(
+        vae, weights.states, {"train": X_train, "test": X_test}
+    )
     curves[activation] = {
         "MLE": {
             "log-likelihood, training": -np.asarray(mle.loss_curve_),
@@ -102,8 +114,8 @@ for activation in ["tanh", "sigmoid"]:
         "VAE": {
             "ELBO, training": -np.asarray(vae.loss_curve_),
             "ELBO, validation": np.asarray(vae.validation_scores_),
-            "IW log-likelihood, training": np.asarray(vae.net_.history[:, "train"]),
-            "IW log-likelihood, test": np.asarray(vae.net_.history[:, "test"]),
+            "IW log-likelihood, training": iw["train"],
+            "IW log-likelihood, test": iw["test"],
         },
     }
     print(
