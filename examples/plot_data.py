@@ -31,7 +31,7 @@ shapes = [(1, 1), (1, 2), (2, 2)]
 noise_std = 0.05  # small, so that the shape of f shows
 
 # %%
-# One figure, as in the report that motivated the package: a row per shape,
+# One figure: a row per shape,
 # the sources in the first column and the observations under each activation
 # in the others. The same ``random_state`` draws the same weights ``W, b`` for
 # every activation, so the columns differ only by the activation. Points are

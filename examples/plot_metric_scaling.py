@@ -18,10 +18,10 @@ observations and their reconstruction by a fitted model
 
 A measure of dissimilarity should call two *independent* matrices unrelated
 whatever their number of columns. This example checks that on pairs of
-independent standard normal matrices of 5,000 rows, as the report that
-motivated the package did (it found a disparity of 1.0 and a canonical
-correlation of 0.017 with 2 columns, 0.93 and 0.594 with 500), now with
-several repetitions per dimension.
+independent standard normal matrices of 5,000 rows, with several
+repetitions per dimension, and compares them with single draws of the
+same experiment (a disparity of 1.0 and a canonical correlation of 0.017
+with 2 columns, 0.93 and 0.594 with 500).
 """
 
 # SPDX-License-Identifier: BSD-3-Clause
@@ -55,7 +55,7 @@ for i, p in enumerate(dimensions):
 # %%
 # Both measures against the number of columns: the mean over the five
 # repetitions (line) and their range (band; narrower than the line for the
-# disparity), with the report's single draws as crosses. The dotted curve is
+# disparity), with the single draws quoted above as crosses. The dotted curve is
 # the limit of the first canonical correlation of independent Gaussian
 # matrices as rows and columns grow together, Wachter's edge
 # :math:`2\sqrt{\gamma (1 - \gamma)}` with :math:`\gamma` the ratio of
@@ -71,7 +71,7 @@ for values, label, color in (
         dimensions, values.min(1), values.max(1), color=color, alpha=0.3, lw=0
     )
 ax.plot(dimensions, 2 * np.sqrt(gamma * (1 - gamma)), "k:", label="Wachter's edge")
-ax.plot([2, 500], [1.0, 0.93], "x", color="C0", ms=9, mew=2, label="report")
+ax.plot([2, 500], [1.0, 0.93], "x", color="C0", ms=9, mew=2, label="single draws")
 ax.plot([2, 500], [0.017, 0.594], "x", color="C1", ms=9, mew=2)
 ax.set(
     xscale="log",
@@ -89,8 +89,8 @@ plt.show()
 # canonical correlation climbs from about 0.02 to 0.6 as the columns grow,
 # along Wachter's edge: with many columns, *some* combination of one random
 # matrix correlates with *some* combination of the other, so a high
-# canonical correlation says nothing by itself. Both agree with the report's
-# single draws (crosses) to within 0.01.
+# canonical correlation says nothing by itself. Both agree with the single
+# draws (crosses) to within 0.01.
 #
 # The same mechanism makes the canonical correlation useless for comparing
 # a reconstruction with the data: a reconstruction

@@ -5,7 +5,7 @@ Reconstructions by maximum likelihood and by a VAE
 
 Two sources, :math:`m = 2`, are mixed into :math:`n = 20` features by a random
 one-layer network under each of four activations, with unit noise variance
-:math:`\sigma^2 = 1` (the setting of the report that motivated the package).
+:math:`\sigma^2 = 1`, the setting in which the two were first compared.
 Both estimators fit the same decoder architecture with :math:`\sigma^2` fixed
 at its true value:
 
