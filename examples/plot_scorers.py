@@ -144,16 +144,23 @@ for i, model in enumerate(models):
 # since it forgives any rotation of the sources and penalises PCA just for
 # the unequal scales of its components; the mean correlation coefficient,
 # which forgives only permutations, signs and scales, sees the mixing.
-fig, ax = plt.subplots(figsize=(5, 3.5))
+# The bars are labelled with their values (the reconstruction disparities
+# are too small to see).
+fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
 width = 0.35
 for i, model in enumerate(models):
     values = [latent[f"mean_test_{name}"][i] for name in names]
-    ax.bar(np.arange(3) + (i - 0.5) * width, values, width, label=model)
+    bars = ax.bar(np.arange(3) + (i - 0.5) * width, values, width, label=model)
+    ax.bar_label(bars, fmt="%.3f", fontsize=8, padding=2)
 ax.set_xticks(np.arange(3), ["MCC (latent)", "-disparity (latent)", "-disparity (X)"])
 ax.axhline(0, color="k", lw=0.5)
-ax.set_ylabel("cross-validated score (greater is better)")
-ax.legend()
-fig.tight_layout()
+ax.set(
+    xlabel="scorer",
+    ylabel="cross-validated score (greater is better)",
+    title="PCA and FastICA on linearly mixed sources, 4-fold CV",
+    ylim=(-0.15, 1.15),
+)
+ax.legend(loc="center right")
 
 # %%
 # The refitted search keeps the routing: scoring new data needs the sources
