@@ -411,3 +411,26 @@ def test_fit_leaves_the_callers_torch_state_alone(kind):
     fit(make(kind), X, u)
     assert torch.get_num_threads() == threads
     np.testing.assert_array_equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_scoring_with_many_nodes_runs_in_bounded_chunks(kind, monkeypatch):
+    # 2**16 nodes for 2,000 rows once asked for an 8.4 GB tensor at once.
+    from sklearn_nlica import _base
+
+    X, u = data(n_samples=200, n_features=5)
+    estimator = fit(make(kind, hidden_layer_sizes=(), max_iter=1), X, u)
+    estimator.set_params(n_nodes=2**16)
+    module = estimator.module_
+    rows = []
+    original = module.score_samples
+
+    def spy(x, rule, **condition):
+        rows.append(len(x))
+        return original(x, rule, **condition)
+
+    monkeypatch.setattr(module, "score_samples", spy)
+    scores = estimator.score_samples(X, *args(estimator, u))
+    assert np.isfinite(scores).all() and len(scores) == 200
+    per_row = module.elements_per_row(2**16, **({"u": 0} if kind == "ivae" else {}))
+    assert max(rows) * per_row <= _base._PREDICT_ELEMENTS
