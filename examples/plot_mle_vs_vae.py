@@ -75,11 +75,12 @@ vae = VAEICA(
 # With two latent dimensions a fine tensor grid integrates anything: the
 # :class:`~sklearn_nlica.integrators.Grid` rule of 160 x 160 nodes on
 # :math:`[-4, 4]^2` (spacing 0.05, below the posterior standard deviations
-# here) turns a decoder into its log-likelihood
+# here; the weights renormalised to sum to 1, since the box leaves out
+# 1e-4 of the prior's mass) turns a decoder into its log-likelihood
 # :math:`\log p(x) = \log \sum_j w_j N(x; g(z_j), \sigma^2 I)` and its
 # posterior mean :math:`E[z \mid x] = \sum_j r_j z_j`, with posterior weights
 # :math:`r_j \propto w_j N(x; g(z_j), \sigma^2 I)`, all in log space.
-grid = Grid(half_width=4.0).rule(2, 160**2)
+grid = Grid(half_width=4.0, normalize=True).rule(2, 160**2)
 nodes, log_w = grid.nodes, grid.log_weights
 
 
