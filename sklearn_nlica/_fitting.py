@@ -103,6 +103,7 @@ class FitMixin:
 
     def _fit_restarts(self, X, y, epochs):
         X = self._validate_X(X, reset=True)
+        self._check_fit_settings(*X.shape)
         if self.noise_variance is not None:
             check_noise_variance(self.noise_variance, X.dtype, MIN_VARIANCE)
         encoding, condition = self._fit_condition(y, X.shape[0])
