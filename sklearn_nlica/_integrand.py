@@ -31,6 +31,9 @@ otherwise computed by forward-over-reverse differentiation
 (:func:`torch.func.hessian`).
 """
 
+import functools
+import importlib
+import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -266,9 +269,19 @@ class GaussianIntegrand:
             return self._log_density(sq_dist), grad, hess
 
 
+@functools.cache
+def _load_forward_mode():
+    # torch's forward mode imports its jvp decompositions on first use, built
+    # with the deprecated torch.jit.script: load them once without the warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        importlib.import_module("torch._decomp.decompositions_for_jvp")
+
+
 def _value_and_jacobian(function, z):
     """function(z) (P, H) and its Jacobian (P, H, m), by forward mode along all
     m axes at once (the primal pass is shared by the m tangents)."""
+    _load_forward_mode()
     n_dims = z.shape[-1]
     eye = torch.eye(n_dims, dtype=z.dtype, device=z.device)
     tangents = eye[:, None, :].expand(n_dims, *z.shape)
