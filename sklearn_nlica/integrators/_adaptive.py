@@ -123,7 +123,7 @@ class Adaptive(Integrator):
     An integrand that also has ``pairs(rows, z)`` (values at P pairs of a
     row index and a point, shape (P,)) and ``derivatives(rows, z)`` (values,
     gradients and Hessians there) is only evaluated where needed, as
-    :class:`sklearn_nlica._integrand.GaussianIntegrand` is.
+    :class:`~sklearn_nlica.NonlinearICAMLE`'s own integrand is.
 
     The rule's nodes (B, K, m) are the points z at which to evaluate h_b (they
     are already on the posterior: do not map them further), with log-weights
