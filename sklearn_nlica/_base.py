@@ -45,6 +45,7 @@ from ._training import (
     draw_seed,
     resolve_device,
     seeded,
+    thread_policy,
 )
 from ._validation import NotBoolInterval
 from .integrators import INTEGRATORS, get_integrator
@@ -148,8 +149,8 @@ class LatentVariableModel(
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-            Observations. float32 input is trained in float32, anything else
-            in float64.
+            Observations, trained in the estimator's precision (float32 for
+            the VAEs; the input's, float32 or float64, for the MLE).
         y : None
             Ignored.
 
@@ -208,6 +209,10 @@ class LatentVariableModel(
         # A private copy: rules cache their nodes, the user's object stays as given.
         return clone(get_integrator(self.integrator))
 
+    def _training_dtype(self, X):
+        """The torch dtype of training: float32 for float32 input, else float64."""
+        return torch.float32 if X.dtype == np.float32 else torch.float64
+
     def _batch_size(self, n_samples):
         size = 200 if self.batch_size == "auto" else self.batch_size
         return min(size, n_samples)
@@ -215,11 +220,11 @@ class LatentVariableModel(
     def _train(self, X, condition, seed, encoding):
         """One training run from ``seed``: the fitted skorch net."""
         device = resolve_device(self.device)
-        dtype = torch.float32 if X.dtype == np.float32 else torch.float64
+        dtype = self._training_dtype(X)
         split = HoldOut(self.validation_fraction) if self.early_stopping else None
         n_train = X.shape[0] - (split.n_valid(X.shape[0]) if split else 0)
         batch_size = self._batch_size(X.shape[0])
-        with seeded(seed, device):
+        with seeded(seed, device), thread_policy(device):
             x = torch.tensor(X, dtype=dtype, device=device)
             extras = {k: _as_tensor(v, dtype, device) for k, v in condition.items()}
             module = self._build_module(x, seed=seed, encoding=encoding, **extras)
@@ -229,7 +234,7 @@ class LatentVariableModel(
                 module,
                 optimizer=torch.optim.Adam,
                 lr=self.learning_rate_init,
-                max_epochs=self.max_iter,
+                max_epochs=min(plan.planned_epochs or np.inf, self.max_iter),
                 batch_size=batch_size,
                 iterator_train=TensorBatches,
                 iterator_train__shuffle=True,
@@ -247,10 +252,19 @@ class LatentVariableModel(
                 net.initialize()
             net.partial_fit(TensorData(x, **extras))
         net.warm_epochs_ = plan.warm_epochs
+        # Without a plan, max_iter is the only limit: reaching it stops short.
+        net.planned_epochs_ = plan.planned_epochs or np.inf
+        net.monitor_ = self._monitor(plan)
         return net
 
+    def _monitor(self, plan):
+        """The history key that stopping reads (lower is better)."""
+        if plan.monitor is not None:
+            return f"valid_{plan.monitor}" if self.early_stopping else plan.monitor
+        return "valid_loss" if self.early_stopping else "train_loss"
+
     def _callbacks(self, plan):
-        monitor = "valid_loss" if self.early_stopping else "train_loss"
+        monitor = self._monitor(plan)
         early_stopping = EarlyStoppingAfter(
             plan.warm_epochs,
             monitor=monitor,
@@ -282,14 +296,19 @@ class LatentVariableModel(
             self.validation_scores_ = None
             self.best_validation_score_ = None
             self.best_loss_ = min(self.loss_curve_)
-        monitor = "valid_loss" if self.early_stopping else "train_loss"
-        losses = history[:, monitor]
-        if self.n_iter_ == self.max_iter and not converged(
-            losses, self.n_iter_no_change, self.tol, net.warm_epochs_
+        losses = history[:, net.monitor_]
+        # Warn only when max_iter stopped the fit short of its plan, unconverged.
+        if (
+            self.n_iter_ == self.max_iter
+            and net.planned_epochs_ > self.max_iter
+            and not converged(losses, self.n_iter_no_change, self.tol, net.warm_epochs_)
         ):
+            planned = net.planned_epochs_
             warnings.warn(
                 f"{type(self).__name__} reached max_iter={self.max_iter} epochs "
-                "without converging; increase max_iter.",
+                "without converging"
+                + (f" (its schedule plans {planned})" if np.isfinite(planned) else "")
+                + "; increase max_iter.",
                 ConvergenceWarning,
                 stacklevel=3,
             )
@@ -343,7 +362,7 @@ class LatentVariableModel(
         was_training = module.training
         module.eval()
         out = []
-        with torch.no_grad():
+        with torch.no_grad(), thread_policy(device):
             for start in range(0, X.shape[0], rows):
                 x = torch.tensor(X[start : start + rows], dtype=dtype, device=device)
                 part = {k: v[start : start + rows] for k, v in extras.items()}

@@ -2,13 +2,18 @@
 
 from numbers import Integral
 
+import torch
 from sklearn.utils._param_validation import StrOptions
 
 from ._base import LatentVariableModel, check_layer_sizes
 from ._models import VAE
 from ._nn import GaussianDecoder, GaussianEncoder, initial_noise_variance
-from ._training import TrainingPlan
+from ._training import scheduled_plan
 from ._validation import NotBoolInterval
+from .integrators import QMC, MonteCarlo
+
+# Optimizer steps of the default schedule, whatever the number of rows.
+SCHEDULE_STEPS = 4800
 
 
 class VAEICA(LatentVariableModel):
@@ -150,6 +155,7 @@ class VAEICA(LatentVariableModel):
         "n_mc_samples": [NotBoolInterval(Integral, 1, None, closed="left")],
         "update": [StrOptions({"joint", "alternating"})],
         "gradient": [StrOptions({"reparameterization", "score_function"})],
+        "learning_rate_schedule": [StrOptions({"constant", "cosine"})],
     }
 
     def __init__(
@@ -166,13 +172,14 @@ class VAEICA(LatentVariableModel):
         update="joint",
         gradient="reparameterization",
         n_init=1,
+        learning_rate_schedule="cosine",
         max_iter=200,
         tol=1e-4,
         n_iter_no_change=10,
         early_stopping=False,
         validation_fraction=0.1,
         batch_size="auto",
-        learning_rate_init=1e-3,
+        learning_rate_init=1e-2,
         device="cpu",
         random_state=None,
         verbose=0,
@@ -189,6 +196,7 @@ class VAEICA(LatentVariableModel):
         self.update = update
         self.gradient = gradient
         self.n_init = n_init
+        self.learning_rate_schedule = learning_rate_schedule
         self.max_iter = max_iter
         self.tol = tol
         self.n_iter_no_change = n_iter_no_change
@@ -209,7 +217,7 @@ class VAEICA(LatentVariableModel):
                     "noise_variance must be None."
                 )
             return "per_sample"
-        return "shared" if self.noise_variance is None else "fixed"
+        return "optimal" if self.noise_variance is None else "fixed"
 
     def _build_module(self, x, *, seed, encoding):
         mode = self._decoder_variance_mode()
@@ -217,7 +225,7 @@ class VAEICA(LatentVariableModel):
         if mode == "fixed":
             initial = self.noise_variance
         else:
-            initial = initial_noise_variance(x, self.n_components)
+            initial = initial_noise_variance(x)
         encoder = GaussianEncoder(
             x.shape[1], self.n_components, hidden, self.activation
         )
@@ -226,20 +234,31 @@ class VAEICA(LatentVariableModel):
             x.shape[1],
             hidden,
             self.activation,
-            variance=mode,
+            variance="fixed" if mode == "optimal" else mode,
             noise_variance=initial,
             mean_init=x.mean(0),
         )
+        integrator = self._new_integrator()
         return VAE(
             encoder,
             decoder,
-            self._new_integrator(),
+            integrator,
             self.n_mc_samples,
             gradient=self.gradient,
+            # Equal-weight random rules get independent nodes per row in training.
+            independent_rows=isinstance(integrator, (MonteCarlo, QMC)),
+            optimal_noise=mode == "optimal",
         )
 
+    def _training_dtype(self, X):
+        return torch.float32
+
     def _training_plan(self, module, n_batches):
-        return TrainingPlan(net_kwargs={"alternating": self.update == "alternating"})
+        plan, _ = scheduled_plan(
+            module, n_batches, SCHEDULE_STEPS, self.max_iter, self.learning_rate_schedule
+        )
+        plan.net_kwargs["alternating"] = self.update == "alternating"
+        return plan
 
     def score_samples(self, X):
         """Per-sample ELBO, in nats.
