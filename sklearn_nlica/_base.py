@@ -1,8 +1,8 @@
 """What the three estimators share: the scikit-learn surface.
 
 :class:`LatentVariableModel` is the one template the estimators fill. It
-validates the data, converts numpy to tensors and back, trains through the
-skorch driver (with ``n_init`` restarts), stores the fitted attributes, and
+validates the data, converts numpy to tensors and back, fits (``fit``,
+``partial_fit``, restarts and warm starts: ``_fitting.FitMixin``), and
 evaluates through the fitted torch module. A subclass supplies:
 
 - ``_build_module(x, seed=..., encoding=..., **condition)``: the torch
@@ -14,7 +14,6 @@ evaluates through the fitted torch module. A subclass supplies:
   model. Encoded y reaches every module method as keyword arguments.
 """
 
-import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -23,32 +22,17 @@ from sklearn.base import (
     BaseEstimator,
     ClassNamePrefixFeaturesOutMixin,
     TransformerMixin,
-    _fit_context,
-    clone,
 )
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils import check_array, check_random_state, check_scalar
+from sklearn.utils import check_array, check_scalar
 from sklearn.utils._param_validation import HasMethods, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
-from skorch.utils import noop
 
+from ._fitting import FitMixin, as_tensor
 from ._nn import ACTIVATIONS
-from ._training import (
-    EarlyStoppingAfter,
-    EpochProgressBar,
-    HoldOut,
-    ObjectiveNet,
-    RaiseOnNonFinite,
-    TensorBatches,
-    TensorData,
-    converged,
-    draw_seed,
-    resolve_device,
-    seeded,
-    thread_policy,
-)
-from ._validation import NotBoolInterval
-from .integrators import INTEGRATORS, get_integrator
+from ._schedules import thread_policy
+from ._training import draw_seed, seeded
+from ._validation import NotBoolInterval, check_finite_range
+from .integrators import INTEGRATORS
 
 # Rows per forward pass at prediction time, and the largest intermediate
 # (elements) one pass may build: together they bound memory on large inputs.
@@ -75,7 +59,7 @@ def _count(value, name):
 
 
 class LatentVariableModel(
-    ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator
+    FitMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator
 ):
     """Base class of the estimators: x = g(z) + noise with z ~ N(0, I).
 
@@ -103,6 +87,8 @@ class LatentVariableModel(
         "device": [str, torch.device],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
+        "warm_start": ["boolean"],
+        "on_interrupt": [StrOptions({"raise", "keep"})],
         "callbacks": [None, list],
     }
 
@@ -131,63 +117,23 @@ class LatentVariableModel(
     # ---- fitting -------------------------------------------------------------
 
     def _validate_X(self, X, reset):
-        return validate_data(
+        X = validate_data(
             self,
             X,
             reset=reset,
             dtype=[np.float64, np.float32],
             ensure_min_samples=2 if reset else 1,
         )
+        # Values must stay finite in the precision the model computes in.
+        dtype = self._numpy_training_dtype(X) if reset else self._numpy_dtype
+        return check_finite_range(X, dtype)
 
-    @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None):
-        """Fit the model to ``X`` by maximising its training objective.
+    def _numpy_training_dtype(self, X):
+        return np.float32 if self._training_dtype(X) == torch.float32 else np.float64
 
-        A fit that raises (or is interrupted) leaves the estimator as it was:
-        unfitted, or with its previous model.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Observations, trained in the estimator's precision (float32 for
-            the VAEs; the input's, float32 or float64, for the MLE).
-        y : None
-            Ignored.
-
-        Returns
-        -------
-        self : object
-            The fitted estimator.
-        """
-        state = dict(self.__dict__)
-        try:
-            return self._fit(X, y)
-        except BaseException:
-            self.__dict__.clear()
-            self.__dict__.update(state)
-            raise
-
-    def _fit(self, X, y):
-        X = self._validate_X(X, reset=True)
-        encoding, condition = self._fit_condition(y, X.shape[0])
-        rng = check_random_state(self.random_state)
-        seeds = [draw_seed(rng) for _ in range(self.n_init)]
-        best = None
-        for seed in seeds:
-            # Each fit's warnings are kept; only the selected fit's are shown.
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                net = self._train(X, condition, seed, encoding)
-            objective = -float(net.history[-1, "train_loss"])
-            if best is None or objective > best[0]:
-                best = (objective, net, seed, caught)
-        _, net, self._seed, caught = best
-        self._encoding = encoding
-        self.net_ = net
-        self._store_history(net)
-        for w in caught:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        return self
+    @property
+    def _numpy_dtype(self):
+        return np.float32 if self._dtype == torch.float32 else np.float64
 
     def fit_transform(self, X, y=None):
         """Fit to ``X`` and return its latent representation.
@@ -204,114 +150,6 @@ class LatentVariableModel(
         Z : ndarray of shape (n_samples, n_components)
         """
         return self.fit(X, y)._transform(X, y)
-
-    def _new_integrator(self):
-        # A private copy: rules cache their nodes, the user's object stays as given.
-        return clone(get_integrator(self.integrator))
-
-    def _training_dtype(self, X):
-        """The torch dtype of training: float32 for float32 input, else float64."""
-        return torch.float32 if X.dtype == np.float32 else torch.float64
-
-    def _batch_size(self, n_samples):
-        size = 200 if self.batch_size == "auto" else self.batch_size
-        return min(size, n_samples)
-
-    def _train(self, X, condition, seed, encoding):
-        """One training run from ``seed``: the fitted skorch net."""
-        device = resolve_device(self.device)
-        dtype = self._training_dtype(X)
-        split = HoldOut(self.validation_fraction) if self.early_stopping else None
-        n_train = X.shape[0] - (split.n_valid(X.shape[0]) if split else 0)
-        batch_size = self._batch_size(X.shape[0])
-        with seeded(seed, device), thread_policy(device):
-            x = torch.tensor(X, dtype=dtype, device=device)
-            extras = {k: _as_tensor(v, dtype, device) for k, v in condition.items()}
-            module = self._build_module(x, seed=seed, encoding=encoding, **extras)
-            module = module.to(device, dtype)
-            plan = self._training_plan(module, -(-n_train // batch_size))
-            net = (plan.net_class or ObjectiveNet)(
-                module,
-                optimizer=torch.optim.Adam,
-                lr=self.learning_rate_init,
-                max_epochs=min(plan.planned_epochs or np.inf, self.max_iter),
-                batch_size=batch_size,
-                iterator_train=TensorBatches,
-                iterator_train__shuffle=True,
-                iterator_valid=TensorBatches,
-                train_split=split,
-                callbacks=self._callbacks(plan),
-                device=device,
-                verbose=int(self.verbose),
-                **({} if self.verbose >= 2 else {"callbacks__print_log": None}),
-                **plan.net_kwargs,
-            )
-            with warnings.catch_warnings():
-                # skorch warns when handed an already initialised module.
-                warnings.simplefilter("ignore", UserWarning)
-                net.initialize()
-            net.partial_fit(TensorData(x, **extras))
-        net.warm_epochs_ = plan.warm_epochs
-        # Without a plan, max_iter is the only limit: reaching it stops short.
-        net.planned_epochs_ = plan.planned_epochs or np.inf
-        net.monitor_ = self._monitor(plan)
-        return net
-
-    def _monitor(self, plan):
-        """The history key that stopping reads (lower is better)."""
-        if plan.monitor is not None:
-            return f"valid_{plan.monitor}" if self.early_stopping else plan.monitor
-        return "valid_loss" if self.early_stopping else "train_loss"
-
-    def _callbacks(self, plan):
-        monitor = self._monitor(plan)
-        early_stopping = EarlyStoppingAfter(
-            plan.warm_epochs,
-            monitor=monitor,
-            patience=self.n_iter_no_change,
-            threshold=self.tol,
-            threshold_mode="abs",
-            load_best=self.early_stopping,
-            sink=print if self.verbose else noop,
-        )
-        callbacks = [
-            *plan.callbacks,
-            ("raise_on_non_finite", RaiseOnNonFinite()),
-            ("early_stopping", early_stopping),
-        ]
-        if self.verbose == 1:
-            bar = EpochProgressBar(self.max_iter, type(self).__name__)
-            callbacks.append(("progress_bar", bar))
-        return callbacks + list(self.callbacks or [])
-
-    def _store_history(self, net):
-        history = net.history
-        self.n_iter_ = len(history)
-        self.loss_curve_ = [float(v) for v in history[:, "train_loss"]]
-        if self.early_stopping:
-            self.validation_scores_ = [-float(v) for v in history[:, "valid_loss"]]
-            self.best_validation_score_ = max(self.validation_scores_)
-            self.best_loss_ = None
-        else:
-            self.validation_scores_ = None
-            self.best_validation_score_ = None
-            self.best_loss_ = min(self.loss_curve_)
-        losses = history[:, net.monitor_]
-        # Warn only when max_iter stopped the fit short of its plan, unconverged.
-        if (
-            self.n_iter_ == self.max_iter
-            and net.planned_epochs_ > self.max_iter
-            and not converged(losses, self.n_iter_no_change, self.tol, net.warm_epochs_)
-        ):
-            planned = net.planned_epochs_
-            warnings.warn(
-                f"{type(self).__name__} reached max_iter={self.max_iter} epochs "
-                "without converging"
-                + (f" (its schedule plans {planned})" if np.isfinite(planned) else "")
-                + "; increase max_iter.",
-                ConvergenceWarning,
-                stacklevel=3,
-            )
 
     # ---- the fitted model ------------------------------------------------------
 
@@ -354,7 +192,7 @@ class LatentVariableModel(
         module, device, dtype = self.module_, self.device_, self._dtype
         n_nodes = n_nodes or self.n_nodes
         extras = {
-            k: _as_tensor(v, dtype, device)
+            k: as_tensor(v, dtype, device)
             for k, v in self._condition_arrays(condition, X.shape[0]).items()
         }
         work = module.elements_per_row(n_nodes, **{k: v[:1] for k, v in extras.items()})
@@ -474,7 +312,7 @@ class LatentVariableModel(
         _count(n_samples, "n_samples")
         seed = draw_seed(self.random_state if random_state is None else random_state)
         extras = {
-            k: _as_tensor(v, self._dtype, torch.device("cpu"))
+            k: as_tensor(v, self._dtype, torch.device("cpu"))
             for k, v in (condition or {}).items()
         }
         with seeded(seed, torch.device("cpu")), torch.no_grad():
@@ -485,7 +323,7 @@ class LatentVariableModel(
             if variance.ndim:
                 variance = variance.unsqueeze(-1)
             x = mean.cpu() + variance.sqrt() * noise
-        dtype = np.float32 if self._dtype == torch.float32 else np.float64
+        dtype = self._numpy_dtype
         return x.numpy().astype(dtype), z.numpy().astype(dtype)
 
     def __sklearn_tags__(self):
@@ -494,10 +332,3 @@ class LatentVariableModel(
         tags.non_deterministic = False
         tags.target_tags.required = self._requires_y
         return tags
-
-
-def _as_tensor(array, dtype, device):
-    """Integer arrays (class codes) as int64, anything else in ``dtype``."""
-    array = np.asarray(array)
-    kind = torch.long if array.dtype.kind in "iu" else dtype
-    return torch.as_tensor(array, dtype=kind, device=device)

@@ -19,7 +19,8 @@ from ._nn import (
     GaussianEncoder,
     initial_noise_variance,
 )
-from ._training import KLWarmup, linear_warm_start, scheduled_plan
+from ._schedules import scheduled_plan
+from ._training import KLWarmup, linear_warm_start
 from ._validation import NotBoolInterval
 from .integrators import QMC, MonteCarlo
 
@@ -97,11 +98,11 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
         Nodes per sample for the reconstruction term during training.
     n_nodes : int, default=256
         Nodes per sample at evaluation (:meth:`score_samples`).
-    linear_warm_start : float in [0, 1), default=1/3
-        Share of the scheduled epochs at the start of training during which
-        only the linear parts of the (then residual) encoder and decoder, the
-        prior and the noise move. 0 trains plain MLPs from the start. Ignored
-        for a linear model.
+    linear_warm_start : float in [0, 1) or int, default=1/3
+        The start of training during which only the linear parts of the
+        (then residual) encoder and decoder, the prior and the noise move: a
+        float is a share of the scheduled epochs, an int a number of epochs.
+        0 trains plain MLPs from the start. Ignored for a linear model.
     contrastive_weight : float, default=20.0
         Weight of log p(u | z) at the posterior mean in the training
         objective (see the notes); 0 trains on the plain ELBO. A
@@ -150,6 +151,14 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
         RNG is left untouched.
     verbose : int, default=0
         0 silent, 1 a progress bar over epochs, 2 one line per epoch.
+    warm_start : bool, default=False
+        When fitted, :meth:`fit` continues training the fitted model for
+        ``max_iter`` more epochs instead of starting anew (the data must
+        have the same features).
+    on_interrupt : {"raise", "keep"}, default="raise"
+        What a Ctrl-C (KeyboardInterrupt) during fitting does: ``"raise"``
+        stops and leaves the estimator as it was; ``"keep"`` keeps the
+        partially trained model, with a warning.
     callbacks : list of (name, skorch Callback) or None, default=None
         Extra skorch callbacks.
 
@@ -242,7 +251,10 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
         "n_mc_samples": [NotBoolInterval(Integral, 1, None, closed="left")],
         "kl_warmup": [NotBoolInterval(Real, 0, None, closed="left")],
         "contrastive_weight": [NotBoolInterval(Real, 0, None, closed="left")],
-        "linear_warm_start": [NotBoolInterval(Real, 0, 1, closed="left")],
+        "linear_warm_start": [
+            NotBoolInterval(Integral, 0, None, closed="left"),
+            NotBoolInterval(Real, 0, 1, closed="left"),
+        ],
         "learning_rate_schedule": [StrOptions({"constant", "cosine"})],
         "max_grad_norm": [None, NotBoolInterval(Real, 0, None, closed="neither")],
     }
@@ -278,6 +290,8 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
         device="cpu",
         random_state=None,
         verbose=0,
+        warm_start=False,
+        on_interrupt="raise",
         callbacks=None,
     ):
         self.n_components = n_components
@@ -308,6 +322,8 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
+        self.warm_start = warm_start
+        self.on_interrupt = on_interrupt
         self.callbacks = callbacks
 
     _requires_y = True
@@ -377,11 +393,16 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
 
     def _training_plan(self, module, n_batches):
         plan, epochs = scheduled_plan(
-            module, n_batches, SCHEDULE_STEPS, self.max_iter, self.learning_rate_schedule
+            module,
+            n_batches,
+            SCHEDULE_STEPS,
+            self.max_iter,
+            self.learning_rate_schedule,
         )
         warm = math.ceil(self.kl_warmup)
         if module.nonlinear_parameters():
-            n_linear = round(self.linear_warm_start * epochs)
+            share = self.linear_warm_start
+            n_linear = share if isinstance(share, Integral) else round(share * epochs)
             plan.callbacks += linear_warm_start(module, n_linear)
             warm = max(warm, n_linear)
         if self.kl_warmup > 0:
@@ -394,24 +415,6 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
         return plan
 
     # ---- the fitted model, given u or not ---------------------------------------
-
-    def fit(self, X, y=None):
-        """Fit the iVAE to ``X`` given the auxiliary variable u, passed as ``y``.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Observations. Training computes in float32 whatever their dtype.
-        y : array-like of shape (n_samples,) or (n_samples, k)
-            The auxiliary variable u: class labels or covariates (see
-            ``aux_type``). Required.
-
-        Returns
-        -------
-        self : object
-            The fitted estimator.
-        """
-        return super().fit(X, y)
 
     def transform(self, X, u=None):
         """Latent representation of ``X``: the posterior mean.

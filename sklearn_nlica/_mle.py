@@ -110,6 +110,14 @@ class NonlinearICAMLE(LatentVariableModel):
         caller is left untouched.
     verbose : int, default=0
         0 silent, 1 a progress bar over epochs, 2 one line per epoch.
+    warm_start : bool, default=False
+        When fitted, :meth:`fit` continues training the fitted model for
+        ``max_iter`` more epochs instead of starting anew (the data must
+        have the same features).
+    on_interrupt : {"raise", "keep"}, default="raise"
+        What a Ctrl-C (KeyboardInterrupt) during fitting does: ``"raise"``
+        stops and leaves the estimator as it was; ``"keep"`` keeps the
+        partially trained model, with a warning.
     callbacks : list of (name, skorch Callback) or None, default=None
         Extra skorch callbacks.
 
@@ -195,6 +203,8 @@ class NonlinearICAMLE(LatentVariableModel):
         device="cpu",
         random_state=None,
         verbose=0,
+        warm_start=False,
+        on_interrupt="raise",
         callbacks=None,
     ):
         self.n_components = n_components
@@ -218,6 +228,8 @@ class NonlinearICAMLE(LatentVariableModel):
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
+        self.warm_start = warm_start
+        self.on_interrupt = on_interrupt
         self.callbacks = callbacks
 
     def _build_module(self, x, *, seed, encoding):

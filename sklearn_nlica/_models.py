@@ -106,8 +106,8 @@ class VAE(nn.Module):
     drawn afresh at each training step (shared by the batch's rows, or
     shifted for each row with ``independent_rows``); the KL is analytic.
 
-    ``gradient="score_function"``: the REINFORCE gradient of the
-    reconstruction term instead of the pathwise one. ``optimal_noise`` as in :class:`IdentifiableVAEModule`.
+    ``gradient="score_function"``: REINFORCE for the reconstruction term.
+    ``optimal_noise``: as in :class:`IdentifiableVAEModule`.
     """
 
     def __init__(

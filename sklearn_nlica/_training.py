@@ -10,20 +10,30 @@ few percent of a bare torch loop.
 Every training policy lives here: batching and the hold-out split, device
 and seed handling, the non-finite guard, the progress bar, early stopping
 that starts after a warm-up, the KL warm-up, the cosine learning-rate
-schedule and the linear warm start, the score monitor and the thread
-policy. An estimator states what it needs in a :class:`TrainingPlan`.
+schedule and the linear warm start (schedule length, score monitor and
+threads: ``_schedules.py``). An estimator states what it needs in a
+:class:`TrainingPlan`.
 """
 
 import contextlib
-import contextvars
 import math
+import re
+import signal
+import sys
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from sklearn.utils import check_random_state
 from skorch import NeuralNet
-from skorch.callbacks import Callback, EarlyStopping, Freezer, LRScheduler, Unfreezer
+from skorch.callbacks import (
+    Callback,
+    EarlyStopping,
+    Freezer,
+    PrintLog,
+    Unfreezer,
+)
 from skorch.utils import TeeGenerator
 
 # ---- device and seeds ----------------------------------------------------------
@@ -176,6 +186,31 @@ class HoldOut:
 # ---- the net -------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def watch_interrupts():
+    """Yield a function that tells whether a SIGINT (Ctrl-C) arrived inside
+    the block: skorch's callbacks raise KeyboardInterrupt to stop training,
+    so the exception alone does not say whether the user asked to stop.
+    Outside the main thread no signal arrives; nothing is installed there."""
+    hit = []
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(
+        previous
+    ):
+        yield lambda: bool(hit)
+        return
+
+    def handler(signum, frame):
+        hit.append(signum)
+        previous(signum, frame)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(hit)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @dataclass
 class TrainingPlan:
     """How an estimator trains: the net class and its extra arguments, the
@@ -186,12 +221,8 @@ class TrainingPlan:
     net_kwargs: dict = field(default_factory=dict)
     callbacks: list = field(default_factory=list)
     warm_epochs: int = 0
-    # The epochs the recipe plans (None: max_iter); a fit that max_iter cuts
-    # short of them warns.
-    planned_epochs: int = None
-    # The history key that stopping and the convergence check read (lower is
-    # better; None: the training or validation loss).
-    monitor: str = None
+    planned_epochs: int = None  # None: max_iter; max_iter cutting them short warns
+    monitor: str = None  # history key stopping reads (None: the loss)
 
 
 class _NoCriterion(torch.nn.Module):
@@ -261,28 +292,88 @@ class ObjectiveNet(NeuralNet):
             self.optimizer_.step()
         return step
 
+    def partial_fit(self, X, y=None, classes=None, epochs=None, **fit_params):
+        """skorch's ``partial_fit``, except that a user's interrupt (Ctrl-C)
+        or an error stops training and propagates, after the callbacks' ends
+        ran. skorch's own callbacks (early stopping) still stop training by
+        raising KeyboardInterrupt, which ends the fit normally."""
+        if not self.initialized_:
+            self.initialize()
+        self.notify("on_train_begin", X=X, y=y)
+        try:
+            with watch_interrupts() as interrupted:
+                try:
+                    self.fit_loop(X, y, epochs=epochs, **fit_params)
+                except KeyboardInterrupt:
+                    if interrupted():
+                        raise
+        finally:
+            self.notify("on_train_end", X=X, y=y)
+        return self
+
     def on_train_end(self, net, **kwargs):
         # A warm start may end with parameters still frozen; the fitted model
         # leaves them all trainable.
         for param in self.module_.parameters():
             param.requires_grad_(True)
 
+    def complete_epochs(self):
+        """Drop the history row of an epoch that an interrupt cut short."""
+        while len(self.history) and "train_loss" not in self.history[-1]:
+            self.history.pop()
+        return len(self.history)
+
 
 # ---- callbacks -----------------------------------------------------------------
 
 
-class RaiseOnNonFinite(Callback):
-    """Stop the fit at the first NaN or infinite loss with an actionable error."""
+# A training loss this many times its scale above where it started has diverged.
+DIVERGENCE_FACTOR = 1e3
+
+
+class NumericalGuard(Callback):
+    """Stop the fit at the first non-finite loss, or once the loss has grown
+    by orders of magnitude above the lowest value it reached (divergence),
+    with an error that says what to change (``advice``)."""
+
+    def __init__(self, advice="lower learning_rate_init"):
+        self.advice = advice
+
+    def on_train_begin(self, net, **kwargs):
+        losses = [row["train_loss"] for row in net.history if "train_loss" in row]
+        self.best_ = min(losses, default=math.inf)
 
     def on_batch_end(self, net, batch=None, training=None, loss=None, **kwargs):
+        if loss is None or not training:
+            return
         # skorch has already synchronised on the loss; reading it again is free.
-        if loss is not None and not math.isfinite(loss.item()):
-            epoch = len(net.history)
+        value = loss.item()
+        epoch = len(net.history)
+        if not math.isfinite(value):
             raise FloatingPointError(
-                f"The training objective became {loss.item()} in epoch {epoch}. "
-                "Lower learning_rate_init, standardise X (e.g. StandardScaler), "
-                "fix noise_variance to a larger value, or use float64 input."
+                f"The training objective became {value} in epoch {epoch}: "
+                f"{self.advice}."
             )
+        if value - self.best_ > DIVERGENCE_FACTOR * (abs(self.best_) + 1.0):
+            raise FloatingPointError(
+                f"The training objective diverged in epoch {epoch}: the loss grew "
+                f"from {self.best_:.4g} to {value:.4g}. {self.advice.capitalize()}."
+            )
+        self.best_ = min(self.best_, value)
+
+
+class PlainPrintLog(PrintLog):
+    """skorch's table of epochs, without its colour codes where the output is
+    not a terminal (a log file, a notebook's captured output)."""
+
+    def format_row(self, row, key, color):
+        text = super().format_row(row, key, color)
+        if isinstance(text, str) and not sys.stdout.isatty():
+            text = _ANSI.sub("", text)
+        return text
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class EpochProgressBar(Callback):
@@ -365,30 +456,6 @@ class KLWarmup(Callback):
         net.module_.kl_weight = 1.0
 
 
-class CosineDecay:
-    """The factor of a cosine learning-rate decay, for ``LambdaLR``: from 1 at
-    step 0 to ``final_fraction`` at ``n_steps``, then flat."""
-
-    def __init__(self, n_steps, final_fraction=0.0):
-        self.n_steps = n_steps
-        self.final_fraction = final_fraction
-
-    def __call__(self, step):
-        t = min(1.0, step / max(1, self.n_steps))
-        f = self.final_fraction
-        return f + (1 - f) * 0.5 * (1 + math.cos(math.pi * t))
-
-
-def cosine_schedule(n_steps):
-    """skorch's ``LRScheduler`` stepping a cosine decay to 0 at every batch."""
-    return LRScheduler(
-        policy=torch.optim.lr_scheduler.LambdaLR,
-        lr_lambda=CosineDecay(n_steps),
-        step_every="batch",
-        event_name=None,
-    )
-
-
 class _NameIn:
     """A picklable parameter-name pattern for skorch's ``Freezer``."""
 
@@ -408,116 +475,3 @@ def linear_warm_start(module, n_epochs):
         ("linear_warm_start", Freezer(names, at=1)),
         ("linear_warm_start_end", Unfreezer(names, at=n_epochs + 1)),
     ]
-
-
-# ---- schedule length, the score monitor, threads -------------------------------
-
-
-def scheduled_plan(module, n_batches, n_steps, max_iter, schedule="cosine"):
-    """The plan of a VAE recipe, and the epochs it runs.
-
-    A schedule of about ``n_steps`` optimizer steps, whatever the data size
-    (whole epochs, at least one), that ``max_iter`` can only cut short: with
-    ``schedule="cosine"`` the learning rate decays to 0 over the epochs
-    run; with ``"constant"`` it stays, and ``max_iter`` alone bounds the fit.
-    A :class:`ScoreMonitor` records the score that stopping reads, and Adam
-    uses its fused kernel where torch has one.
-    """
-    wanted = max(1, math.ceil(n_steps / max(1, n_batches)))
-    epochs = min(wanted, max_iter) if schedule == "cosine" else max_iter
-    callbacks = [("score_monitor", ScoreMonitor())]
-    if schedule == "cosine":
-        callbacks.append(("lr_schedule", cosine_schedule(epochs * n_batches)))
-    device = next(module.parameters()).device
-    fused = {"optimizer__fused": True} if device.type in ("cpu", "cuda") else {}
-    plan = TrainingPlan(
-        net_kwargs=fused,
-        callbacks=callbacks,
-        planned_epochs=wanted if schedule == "cosine" else None,
-        monitor="score_loss",
-    )
-    return plan, epochs
-
-
-class ScoreMonitor(Callback):
-    """Record the estimator's score on fixed rows after every epoch.
-
-    The module's ``score_samples`` on up to ``n_rows`` rows spread evenly
-    over the training data (and over the held-out data, when there is a
-    hold-out), with ``n_nodes`` nodes drawn once from ``seed``: a
-    deterministic function of the parameters, so that its change from epoch
-    to epoch is the model's and not the estimator's noise. Writes ``score``
-    and ``score_loss`` (minus it, for stopping), and ``valid_score`` and
-    ``valid_score_loss`` with a hold-out.
-    """
-
-    def __init__(self, n_rows=512, n_nodes=4, seed=0):
-        self.n_rows = n_rows
-        self.n_nodes = n_nodes
-        self.seed = seed
-
-    def on_train_begin(self, net, X=None, **kwargs):
-        self.fixed_ = {}
-
-    def _rows(self, key, dataset):
-        if key not in self.fixed_:
-            n = len(dataset)
-            index = torch.linspace(0, n - 1, min(n, self.n_rows)).round().long()
-            self.fixed_[key] = dataset.take(index.to(dataset.x.device))
-        return self.fixed_[key]
-
-    @torch.no_grad()
-    def _score(self, module, key, dataset):
-        part = self._rows(key, dataset)
-        generator = torch.Generator().manual_seed(self.seed)
-        rule = module.rule(part.x, self.n_nodes, generator)
-        return float(module.score_samples(part.x, rule, **part.extras).mean())
-
-    def on_epoch_end(self, net, dataset_train=None, dataset_valid=None, **kwargs):
-        module = net.module_
-        was_training = module.training
-        module.eval()
-        for key, dataset in (("score", dataset_train), ("valid_score", dataset_valid)):
-            if dataset is not None and len(dataset):
-                value = self._score(module, key, dataset)
-                net.history.record(key, value)
-                net.history.record(f"{key}_loss", -value)
-        module.train(was_training)
-
-
-# The intra-op threads of the estimators' torch work, set by torch_threads.
-_THREADS = contextvars.ContextVar("sklearn_nlica_threads", default=1)
-
-
-@contextlib.contextmanager
-def torch_threads(n_threads):
-    """Run the estimators' fits and predictions inside the block with
-    ``n_threads`` torch intra-op threads (outside: one).
-
-    Parameters
-    ----------
-    n_threads : int or None
-        Threads for torch's intra-op pool while an estimator works; None
-        leaves torch's own setting alone.
-    """
-    token = _THREADS.set(n_threads)
-    try:
-        yield
-    finally:
-        _THREADS.reset(token)
-
-
-@contextlib.contextmanager
-def thread_policy(device):
-    """Apply the thread setting of :func:`torch_threads` for the block (CPU
-    only), and give the caller back its own setting afterwards."""
-    n_threads = _THREADS.get()
-    if n_threads is None or device.type != "cpu":
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n_threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)

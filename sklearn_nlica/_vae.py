@@ -8,7 +8,7 @@ from sklearn.utils._param_validation import StrOptions
 from ._base import LatentVariableModel, check_layer_sizes
 from ._models import VAE
 from ._nn import GaussianDecoder, GaussianEncoder, initial_noise_variance
-from ._training import scheduled_plan
+from ._schedules import scheduled_plan
 from ._validation import NotBoolInterval
 from .integrators import QMC, MonteCarlo
 
@@ -97,6 +97,14 @@ class VAEICA(LatentVariableModel):
         caller is left untouched.
     verbose : int, default=0
         0 silent, 1 a progress bar over epochs, 2 one line per epoch.
+    warm_start : bool, default=False
+        When fitted, :meth:`fit` continues training the fitted model for
+        ``max_iter`` more epochs instead of starting anew (the data must
+        have the same features).
+    on_interrupt : {"raise", "keep"}, default="raise"
+        What a Ctrl-C (KeyboardInterrupt) during fitting does: ``"raise"``
+        stops and leaves the estimator as it was; ``"keep"`` keeps the
+        partially trained model, with a warning.
     callbacks : list of (name, skorch Callback) or None, default=None
         Extra skorch callbacks, e.g. ``("lr", LRScheduler(...))``.
 
@@ -183,6 +191,8 @@ class VAEICA(LatentVariableModel):
         device="cpu",
         random_state=None,
         verbose=0,
+        warm_start=False,
+        on_interrupt="raise",
         callbacks=None,
     ):
         self.n_components = n_components
@@ -207,6 +217,8 @@ class VAEICA(LatentVariableModel):
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
+        self.warm_start = warm_start
+        self.on_interrupt = on_interrupt
         self.callbacks = callbacks
 
     def _decoder_variance_mode(self):
@@ -222,10 +234,7 @@ class VAEICA(LatentVariableModel):
     def _build_module(self, x, *, seed, encoding):
         mode = self._decoder_variance_mode()
         hidden = check_layer_sizes(self.hidden_layer_sizes)
-        if mode == "fixed":
-            initial = self.noise_variance
-        else:
-            initial = initial_noise_variance(x)
+        initial = self.noise_variance if mode == "fixed" else initial_noise_variance(x)
         encoder = GaussianEncoder(
             x.shape[1], self.n_components, hidden, self.activation
         )
@@ -255,7 +264,11 @@ class VAEICA(LatentVariableModel):
 
     def _training_plan(self, module, n_batches):
         plan, _ = scheduled_plan(
-            module, n_batches, SCHEDULE_STEPS, self.max_iter, self.learning_rate_schedule
+            module,
+            n_batches,
+            SCHEDULE_STEPS,
+            self.max_iter,
+            self.learning_rate_schedule,
         )
         plan.net_kwargs["alternating"] = self.update == "alternating"
         return plan

@@ -19,8 +19,18 @@ LAYERS = {
         "datasets",
     ],
     "models": ["_nn", "_models"],
-    "training": ["_training", "_em"],
-    "estimators": ["_base", "_aux", "_vae", "_mle", "_ivae", "_cli", "__init__"],
+    "training": ["_training", "_schedules", "_em"],
+    "estimators": [
+        "_fitting",
+        "_base",
+        "_aux",
+        "_vae",
+        "_mle",
+        "_ivae",
+        "_cli_output",
+        "_cli",
+        "__init__",
+    ],
 }
 RANK = {name: rank for rank, names in enumerate(LAYERS.values()) for name in names}
 MAX_FILE_LINES = 500

@@ -9,17 +9,16 @@ from skorch.callbacks import Callback
 from torch import nn
 
 from sklearn_nlica._models import TrainingStep
+from sklearn_nlica._schedules import CosineDecay, cosine_schedule
 from sklearn_nlica._training import (
-    CosineDecay,
     EarlyStoppingAfter,
     HoldOut,
     KLWarmup,
+    NumericalGuard,
     ObjectiveNet,
-    RaiseOnNonFinite,
     TensorBatches,
     TensorData,
     converged,
-    cosine_schedule,
     draw_seed,
     linear_warm_start,
     resolve_device,
@@ -117,7 +116,7 @@ def test_non_finite_loss_raises():
         batch_size=2,
         iterator_train=TensorBatches,
         train_split=None,
-        callbacks=[("nan", RaiseOnNonFinite())],
+        callbacks=[("nan", NumericalGuard())],
         callbacks__print_log=None,
     )
     with pytest.raises(FloatingPointError, match="became"):
@@ -274,3 +273,49 @@ def test_seeded_restores_the_callers_generator():
 def test_unknown_devices_are_named(device):
     with pytest.raises(ValueError, match="device"):
         resolve_device(device)
+
+
+def test_divergence_stops_the_fit_with_the_advice():
+    class Exploding(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(1))
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            # The loss grows tenfold every step: far past its scale by step 5.
+            return -(10.0**self.calls) + 0 * self.w.expand(len(x))
+
+    net = ObjectiveNet(
+        Exploding(),
+        max_epochs=5,
+        batch_size=1,
+        iterator_train=TensorBatches,
+        train_split=None,
+        callbacks=[("guard", NumericalGuard("lower learning_rate_init"))],
+        callbacks__print_log=None,
+    )
+    with pytest.raises(FloatingPointError, match=r"diverged.*Lower learning_rate"):
+        net.fit(TensorData(torch.ones(8, 1)))
+    assert net.module_.calls == 5  # stopped at 1e5 > 10 + 1e3 * 11
+
+
+def test_a_users_interrupt_propagates_and_early_stopping_does_not():
+    import os
+    import signal
+
+    class CtrlC(Callback):
+        def on_batch_end(self, net, **kwargs):
+            if len(net.history) == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        fit_net(Quadratic(), [("ctrl_c", CtrlC())], max_epochs=4)
+
+    class StopNow(Callback):  # skorch's way to end training early
+        def on_epoch_end(self, net, **kwargs):
+            raise KeyboardInterrupt
+
+    net = fit_net(Quadratic(), [("stop", StopNow())], max_epochs=4)
+    assert len(net.history) == 1
