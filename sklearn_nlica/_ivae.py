@@ -19,13 +19,10 @@ from ._nn import (
     GaussianEncoder,
     initial_noise_variance,
 )
-from ._schedules import scheduled_plan
+from ._schedules import SCHEDULE_STEPS, scheduled_plan
 from ._training import KLWarmup, linear_warm_start
 from ._validation import NotBoolInterval
 from .integrators import QMC, MonteCarlo
-
-# Optimizer steps of the default schedule, whatever the number of rows.
-SCHEDULE_STEPS = 4800
 
 
 class IdentifiableVAE(AuxAttributes, LatentVariableModel):
@@ -114,17 +111,15 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
         1 (KL annealing). The objective is the ELBO from then on; 0 trains
         on the ELBO throughout.
     n_init : int, default=1
-        Number of initialisations; the one with the best final training
-        objective (the ELBO plus the contrastive term) is kept.
+        Number of initialisations; the one with the best final monitored
+        ELBO (see ``tol``) is kept.
     learning_rate_schedule : {"cosine", "constant"}, default="cosine"
-        ``"cosine"``: a schedule of about 4,800 optimizer steps whatever the
-        data size (whole epochs), over which Adam's learning rate decays from
-        ``learning_rate_init`` to 0, step by step; ``max_iter`` only cuts it
-        short (with a ConvergenceWarning). ``"constant"``: a fixed rate for
-        up to ``max_iter`` epochs.
+        ``"cosine"``: Adam's rate decays from ``learning_rate_init`` to 0 over
+        about 4,800 steps (whole epochs) whatever the data size; ``max_iter``
+        only cuts that short (with a ConvergenceWarning). ``"constant"``: a
+        fixed rate for up to ``max_iter`` epochs.
     max_grad_norm : float or None, default=100.0
-        Clip the gradient's Euclidean norm to this value at every step (None:
-        no clipping).
+        Clip the gradient's norm to this value at every step (None: never).
     max_iter : int, default=200
         Maximum number of epochs.
     tol : float, default=1e-4
@@ -180,9 +175,8 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
     n_iter_ : int
         Number of epochs run.
     loss_curve_ : list of float
-        Training loss of each epoch: minus the mean training objective,
-        nats per sample (the ELBO plus the contrastive term, with the KL
-        weighted during a KL warm-up).
+        Minus the mean training objective of each epoch (the ELBO plus the
+        contrastive term, the KL weighted during a KL warm-up), nats/sample.
     best_loss_ : float or None
         Smallest training loss (None with ``early_stopping``).
     validation_scores_ : list of float or None
@@ -207,14 +201,14 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
     independent reparameterisation noise for each row; a linear warm start
     (residual networks whose MLP branches, starting at zero, stay frozen at
     first: linear ICA by nonstationarity first); Adam with a cosine
-    learning-rate decay and gradient clipping; float32 arithmetic; and the
-    training objective ``ELBO(x, u) + contrastive_weight * log p(u |
-    E_q[z])``, where p(u | z) is the model's own prior turned into a
+    learning-rate decay and gradient clipping; float32 training (scores in
+    the input's precision); and the training objective ``ELBO(x, u) +
+    contrastive_weight * log p(u | E_q[z])``, where p(u | z) is the model's own prior turned into a
     classifier of u by Bayes' rule, the hybrid objective of [2]_ with the
     classifier of [3]_. :meth:`score` stays the plain ELBO. Too weak a
-    contrastive weight leaves some fits at a mixed solution, too strong a one
-    can fold a source (a latent follows ``|s|``); both lower the ELBO, which
-    ``n_init`` > 1 uses to select.
+    contrastive weight leaves some fits mixed, too strong a one can fold a
+    source (a latent follows ``|s|``); both lower the ELBO, which ``n_init``
+    > 1 uses to select.
 
     References
     ----------

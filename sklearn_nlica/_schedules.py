@@ -11,6 +11,9 @@ from skorch.callbacks import Callback, LRScheduler
 
 from ._training import TrainingPlan
 
+# Optimizer steps of the VAEs' default schedule, whatever the number of rows.
+SCHEDULE_STEPS = 4800
+
 
 class CosineDecay:
     """The factor of a cosine learning-rate decay, for ``LambdaLR``: from 1 at

@@ -8,12 +8,9 @@ from sklearn.utils._param_validation import StrOptions
 from ._base import LatentVariableModel, check_layer_sizes
 from ._models import VAE
 from ._nn import GaussianDecoder, GaussianEncoder, initial_noise_variance
-from ._schedules import scheduled_plan
+from ._schedules import SCHEDULE_STEPS, scheduled_plan
 from ._validation import NotBoolInterval
 from .integrators import QMC, MonteCarlo
-
-# Optimizer steps of the default schedule, whatever the number of rows.
-SCHEDULE_STEPS = 4800
 
 
 class VAEICA(LatentVariableModel):
