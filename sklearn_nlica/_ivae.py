@@ -203,12 +203,12 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
     first: linear ICA by nonstationarity first); Adam with a cosine
     learning-rate decay and gradient clipping; float32 training (scores in
     the input's precision); and the training objective ``ELBO(x, u) +
-    contrastive_weight * log p(u | E_q[z])``, where p(u | z) is the model's own prior turned into a
-    classifier of u by Bayes' rule, the hybrid objective of [2]_ with the
-    classifier of [3]_. :meth:`score` stays the plain ELBO. Too weak a
-    contrastive weight leaves some fits mixed, too strong a one can fold a
-    source (a latent follows ``|s|``); both lower the ELBO, which ``n_init``
-    > 1 uses to select.
+    contrastive_weight * log p(u | E_q[z])``, where p(u | z) is the model's
+    own prior turned into a classifier of u by Bayes' rule, the hybrid
+    objective of [2]_ with the classifier of [3]_. :meth:`score` stays the
+    plain ELBO. Too weak a contrastive weight leaves some fits mixed, too
+    strong a one can fold a source (a latent follows ``|s|``); both lower
+    the ELBO, which ``n_init`` > 1 uses to select.
 
     References
     ----------
