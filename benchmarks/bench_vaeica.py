@@ -116,7 +116,11 @@ def case_quickstart(seed):
     )
     X = StandardScaler().fit_transform(X)
     out = []
-    old = dict(learning_rate_schedule="constant", learning_rate_init=1e-3, tol=0)
+    old = dict(
+        learning_rate_schedule="constant",
+        learning_rate_init=1e-3,
+        n_iter_no_change=200,
+    )
     for name, params, data in (
         ("default", {}, X),
         ("200 ep ", old, X.astype(np.float64)),

@@ -393,7 +393,7 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
             self.max_iter,
             self.learning_rate_schedule,
         )
-        warm = math.ceil(self.kl_warmup)
+        warm = max(plan.warm_epochs, math.ceil(self.kl_warmup))
         if module.nonlinear_parameters():
             share = self.linear_warm_start
             n_linear = share if isinstance(share, Integral) else round(share * epochs)

@@ -13,6 +13,7 @@ from ._training import TrainingPlan
 
 # Optimizer steps of the VAEs' default schedule, whatever the number of rows.
 SCHEDULE_STEPS = 4800
+SCHEDULE_EPOCHS = 200
 
 
 class CosineDecay:
@@ -43,13 +44,17 @@ def scheduled_plan(module, n_batches, n_steps, max_iter, schedule="cosine"):
     """The plan of a VAE recipe, and the epochs it runs.
 
     A schedule of about ``n_steps`` optimizer steps, whatever the data size
-    (whole epochs, at least one), that ``max_iter`` can only cut short: with
+    (whole epochs, at least one and at most ``SCHEDULE_EPOCHS``, the
+    estimators' default ``max_iter``), that ``max_iter`` can only cut short:
+    with
     ``schedule="cosine"`` the learning rate decays to 0 over the epochs
-    run; with ``"constant"`` it stays, and ``max_iter`` alone bounds the fit.
-    A :class:`ScoreMonitor` records the score that stopping reads, and Adam
-    uses its fused kernel where torch has one.
+    run, and stopping may end the fit only in its second half, once the
+    rate is low enough for the parameters to settle; with ``"constant"`` it
+    stays, and ``max_iter`` alone bounds the fit. A :class:`ScoreMonitor`
+    records the score that stopping reads, and Adam uses its fused kernel
+    where torch has one.
     """
-    wanted = max(1, math.ceil(n_steps / max(1, n_batches)))
+    wanted = min(max(1, math.ceil(n_steps / max(1, n_batches))), SCHEDULE_EPOCHS)
     epochs = min(wanted, max_iter) if schedule == "cosine" else max_iter
     callbacks = [("score_monitor", ScoreMonitor())]
     if schedule == "cosine":
@@ -61,6 +66,7 @@ def scheduled_plan(module, n_batches, n_steps, max_iter, schedule="cosine"):
         callbacks=callbacks,
         planned_epochs=wanted if schedule == "cosine" else None,
         monitor="score_loss",
+        warm_epochs=epochs // 2 if schedule == "cosine" else 0,
     )
     return plan, epochs
 
