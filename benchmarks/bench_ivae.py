@@ -227,7 +227,8 @@ def main(argv=None):
     )
     print(
         f"CPU time per iVAE fit: min {min(times):.1f} s, median "
-        f"{statistics.median(times):.1f} s, max {max(times):.1f} s; diverged fits: {diverged} of {len(all_fits)}"
+        f"{statistics.median(times):.1f} s, max {max(times):.1f} s; "
+        f"diverged fits: {diverged} of {len(all_fits)}"
     )
     checks = {
         "median >= 0.9": med >= 0.9,
