@@ -265,7 +265,9 @@ class FitMixin:
         self.n_iter_ = len(history)
         self.loss_curve_ = [float(v) for v in history[:, "train_loss"]]
         if self.early_stopping:
-            self.validation_scores_ = [-float(v) for v in history[:, "valid_loss"]]
+            # The monitored held-out ELBO where the recipe records one.
+            key = "valid_score_loss" if "valid_score" in history[-1] else "valid_loss"
+            self.validation_scores_ = [-float(v) for v in history[:, key]]
             self.best_validation_score_ = max(self.validation_scores_)
             self.best_loss_ = None
         else:

@@ -130,7 +130,8 @@ class VAEICA(LatentVariableModel):
     best_loss_ : float or None
         Smallest training loss (None with ``early_stopping``).
     validation_scores_ : list of float or None
-        Held-out mean ELBO of each epoch (with ``early_stopping``).
+        Held-out ELBO of each epoch, on the monitored rows (see ``tol``),
+        with ``early_stopping``.
     best_validation_score_ : float or None
         Best of ``validation_scores_``.
     n_features_in_ : int

@@ -94,3 +94,12 @@ def test_thread_policy_none_leaves_torch_alone():
     before = torch.get_num_threads()
     with torch_threads(None), thread_policy(torch.device("cpu")):
         assert torch.get_num_threads() == before
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_validation_scores_are_the_monitored_held_out_elbo():
+    model = VAEICA(2, max_iter=3, early_stopping=True, random_state=0, **LINEAR)
+    model.fit(data(n=100))
+    expected = [float(v) for v in model.net_.history[:, "valid_score"]]
+    assert model.validation_scores_ == pytest.approx(expected)
+    assert model.best_validation_score_ == max(expected)
