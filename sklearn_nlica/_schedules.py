@@ -123,14 +123,24 @@ _THREADS = contextvars.ContextVar("sklearn_nlica_threads", default=1)
 
 @contextlib.contextmanager
 def torch_threads(n_threads):
-    """Run the estimators' fits and predictions inside the block with
-    ``n_threads`` torch intra-op threads (outside: one).
+    """Set the torch intra-op threads of the estimators inside the block.
+
+    Outside any block, fits and predictions use one thread; the caller's own
+    ``torch.get_num_threads()`` is restored after each of them.
 
     Parameters
     ----------
     n_threads : int or None
-        Threads for torch's intra-op pool while an estimator works; None
-        leaves torch's own setting alone.
+        Threads for torch's intra-op pool while an estimator works on the
+        CPU; None leaves torch's own setting alone.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_nlica import VAEICA, torch_threads
+    >>> X = np.random.RandomState(0).normal(size=(100, 4))
+    >>> with torch_threads(2):
+    ...     model = VAEICA(n_components=2, max_iter=2, random_state=0).fit(X)
     """
     token = _THREADS.set(n_threads)
     try:
