@@ -91,6 +91,10 @@ class ScoreMonitor(Callback):
     def on_train_begin(self, net, X=None, **kwargs):
         self.fixed_ = {}
 
+    def on_train_end(self, net, **kwargs):
+        # The fitted model keeps no copy of the training rows.
+        self.fixed_ = {}
+
     def _rows(self, key, dataset):
         if key not in self.fixed_:
             n = len(dataset)
