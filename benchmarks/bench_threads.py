@@ -1,7 +1,7 @@
 """Torch intra-op threads for the estimators' small models: 1 against 2.
 
-Fits VAEICA (the README's quick-start data, 5,000 x 20) and IdentifiableVAE
-(40 segments x 250, 5 sources) at their defaults under
+Fits VAEICA (2,000 x 20 quick-start data) and IdentifiableVAE
+(20 segments x 100, 5 sources) at their defaults under
 ``sklearn_nlica.torch_threads(k)``, k = 1 and 2 alternately, ``--repeats``
 times, and prints wall and CPU seconds per fit (median). Run it once on an
 idle machine and once with the machine loaded (e.g. ``--load 2`` starts two
@@ -28,8 +28,8 @@ def spin():
 
 
 def fits():
-    X, _ = make_nonlinear_ica(5000, 2, 20, random_state=0)
-    Xs, _, U = make_segmented_sources(40, 250, 5, 5, random_state=0)
+    X, _ = make_nonlinear_ica(2000, 2, 20, random_state=0)
+    Xs, _, U = make_segmented_sources(20, 100, 5, 5, random_state=0)
     return {
         "VAEICA": lambda: VAEICA(2, random_state=0).fit(X),
         "IdentifiableVAE": lambda: IdentifiableVAE(5, random_state=0).fit(Xs, U),
