@@ -14,6 +14,7 @@ evaluates through the fitted torch module. A subclass supplies:
   model. Encoded y reaches every module method as keyword arguments.
 """
 
+import itertools
 from numbers import Integral, Real
 
 import numpy as np
@@ -26,6 +27,7 @@ from sklearn.base import (
 from sklearn.utils import check_array, check_scalar
 from sklearn.utils._param_validation import HasMethods, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
+from skorch.callbacks import Callback
 
 from ._fitting import FitMixin, as_tensor
 from ._nn import ACTIVATIONS
@@ -38,6 +40,11 @@ from .integrators import INTEGRATORS
 # (elements) one pass may build: together they bound memory on large inputs.
 PREDICT_CHUNK = 4096
 _PREDICT_ELEMENTS = 2**24
+# Limits past which a fit would only end in an allocation error: weights per
+# network, and elements of the largest tensor of a training batch (the
+# decoder's activations at every node of every row).
+MAX_PARAMETERS = 2**27
+MAX_BATCH_ELEMENTS = 2**29
 
 
 def check_layer_sizes(sizes, name="hidden_layer_sizes"):
@@ -49,6 +56,19 @@ def check_layer_sizes(sizes, name="hidden_layer_sizes"):
             f"map), got {sizes!r}."
         )
     return tuple(int(h) for h in sizes)
+
+
+def check_callbacks(callbacks):
+    """skorch callbacks, or (name, callback) pairs, or a TypeError naming the
+    element that is neither."""
+    for item in callbacks or []:
+        callback = item[1] if isinstance(item, tuple) and len(item) == 2 else item
+        is_class = isinstance(callback, type) and issubclass(callback, Callback)
+        if not (isinstance(callback, Callback) or is_class):
+            raise TypeError(
+                "callbacks must be skorch Callback instances or (name, callback) "
+                f"pairs, got {item!r}."
+            )
 
 
 def _count(value, name):
@@ -94,6 +114,10 @@ class LatentVariableModel(
 
     # Whether fit needs y (the iVAE's auxiliary variable).
     _requires_y = False
+    # The parameters that set node counts, the training one first.
+    _node_budgets = ("n_nodes",)
+    # Whether the model needs an injective mixing (n_components <= n_features).
+    _injective = False
 
     # ---- hooks ---------------------------------------------------------------
 
@@ -115,6 +139,50 @@ class LatentVariableModel(
         return {}
 
     # ---- fitting -------------------------------------------------------------
+
+    def _check_fit_settings(self, n_samples, n_features):
+        """Refuse settings that cannot work on data of this shape: networks and
+        node budgets beyond memory (subclasses add their own)."""
+        check_callbacks(self.callbacks)
+        if self._injective and self.n_components > n_features:
+            raise ValueError(
+                f"n_components={self.n_components} is more than the {n_features} "
+                f"features of X; {type(self).__name__} needs n_components <= "
+                "n_features."
+            )
+        hidden = check_layer_sizes(self.hidden_layer_sizes)
+        sizes = (n_features, *hidden, self.n_components)
+        n_weights = sum(a * b for a, b in itertools.pairwise(sizes))
+        if n_weights > MAX_PARAMETERS:
+            raise ValueError(
+                f"hidden_layer_sizes={hidden} with {n_features} features gives "
+                f"{n_weights:.3g} weights per network, more than {MAX_PARAMETERS:.3g}"
+                "; use smaller layers."
+            )
+        training_nodes = getattr(self, self._node_budgets[0])
+        batch = self._batch_size(n_samples)
+        per_node = batch * max((n_features, *hidden))
+        if per_node * training_nodes > MAX_BATCH_ELEMENTS:
+            raise ValueError(
+                f"{self._node_budgets[0]}={training_nodes} with batches of {batch} "
+                f"rows needs tensors of {per_node * training_nodes:.3g} elements; "
+                f"use at most {MAX_BATCH_ELEMENTS // per_node} or a smaller "
+                "batch_size."
+            )
+        self._check_rules()
+
+    def _check_rules(self):
+        """Build each rule the fit will use once, so that a budget the rule
+        cannot serve fails now, naming its parameter."""
+        integrator = self._new_integrator()
+        if integrator.is_adaptive:  # its rules depend on the data
+            return
+        for name in self._node_budgets:
+            n_nodes = getattr(self, name)
+            try:
+                integrator.rule(self.n_components, n_nodes, generator=torch.Generator())
+            except ValueError as error:
+                raise ValueError(f"{name}={n_nodes}: {error}") from None
 
     def _validate_X(self, X, reset):
         X = validate_data(

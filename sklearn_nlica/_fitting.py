@@ -104,6 +104,7 @@ class FitMixin:
 
     def _fit_restarts(self, X, y, epochs):
         X = self._validate_X(X, reset=True)
+        self._check_fit_settings(*X.shape)
         if self.noise_variance is not None:
             check_noise_variance(
                 self.noise_variance, self._numpy_training_dtype(X), MIN_VARIANCE

@@ -322,12 +322,21 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
         self.callbacks = callbacks
 
     _requires_y = True
+    _node_budgets = ("n_mc_samples", "n_nodes")
+    _injective = True
 
     # ---- the auxiliary variable (the base's conditioning hook) -----------------
 
     def _fit_condition(self, y, n_samples):
         encoder = AuxEncoder(self.aux_type, type(self).__name__)
-        return encoder, {"u": encoder.fit_transform(y, n_samples)}
+        u = encoder.fit_transform(y, n_samples)
+        single = self._batch_size(n_samples) < 2
+        if self.contrastive_weight and not encoder.discrete and single:
+            raise ValueError(
+                "The contrastive term with a continuous u compares the rows of a "
+                "batch: it needs batch_size >= 2, or contrastive_weight=0."
+            )
+        return encoder, {"u": u}
 
     def _condition(self, y, n_samples):
         return {"u": self._encoding.transform(y, n_samples)}

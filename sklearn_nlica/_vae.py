@@ -174,6 +174,8 @@ class VAEICA(LatentVariableModel):
     ((3, 5), (3, 2))
     """
 
+    _node_budgets = ("n_mc_samples", "n_nodes")
+
     _parameter_constraints: dict = {
         **LatentVariableModel._parameter_constraints,
         "decoder_variance": [StrOptions({"shared", "per_sample"})],

@@ -141,3 +141,17 @@ def test_sparse_grid_builds_each_level_once_per_instance(monkeypatch):
     grid.set_params(univariate="gauss_hermite")  # emptied by set_params
     grid.rule(3, 100)
     assert len(built) == 3 * n_built
+
+
+def test_sparse_grid_builds_large_budgets_and_refuses_past_the_cap():
+    # (6, 2**16) took minutes and gigabytes before levels were counted first.
+    from sklearn_nlica.integrators._sparse import MAX_SPARSE_NODES
+
+    for n_dims, n_nodes in [(6, MAX_SPARSE_NODES), (1, MAX_SPARSE_NODES), (12, 5000)]:
+        rule = SparseGrid().rule(n_dims, n_nodes)
+        assert 0 < rule.n_nodes <= n_nodes
+        assert float(total_weight(rule)) == pytest.approx(1.0, abs=1e-8)
+    with pytest.raises(ValueError, match="integrator='qmc'"):
+        SparseGrid().rule(2, MAX_SPARSE_NODES + 1)
+    with pytest.raises(ValueError, match="at least 15 nodes"):
+        SparseGrid().rule(7, 14)

@@ -329,10 +329,21 @@ def _uncached(key, build):
     return build()
 
 
+# Rules past this size outgrow memory before they help: QMC error at 2**24
+# nodes is already far below any model's noise.
+MAX_NODES = 2**24
+
+
 def _check_sizes(n_dims, n_nodes):
     for name, value in (("n_dims", n_dims), ("n_nodes", n_nodes)):
         if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    if n_nodes > MAX_NODES:
+        raise ValueError(
+            f"n_nodes={n_nodes} is more than the {MAX_NODES} nodes a rule may "
+            "have; integrator='qmc' or 'adaptive' reach full accuracy with far "
+            "fewer."
+        )
     return int(n_dims), int(n_nodes)
 
 

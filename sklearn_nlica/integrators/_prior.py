@@ -106,14 +106,60 @@ class Grid(Integrator):
         self.normalize = normalize
 
     def _build(self, n_dims, n_nodes, generator):
-        k = _integer_root(n_nodes, n_dims)
+        k = _points_per_axis(n_dims, n_nodes, "Grid")
         width = 2.0 * self.half_width / k
         axis = -self.half_width + width * (torch.arange(k, dtype=torch.float64) + 0.5)
         nodes = torch.cartesian_prod(*[axis] * n_dims).reshape(-1, n_dims)
         log_weights = n_dims * math.log(width) + _log_std_normal(nodes)
+        total = torch.logsumexp(log_weights, 0)
         if self.normalize:
-            log_weights = log_weights - torch.logsumexp(log_weights, 0)
+            log_weights = log_weights - total
+        elif abs(math.expm1(float(total))) > _GRID_MASS_TOLERANCE:
+            # An unnormalised coarse grid shifts every log-likelihood by
+            # log(total): not an integration error a user would look for.
+            adequate = _adequate_grid_nodes(self.half_width, n_dims)
+            remedy = (
+                f"give at least {adequate} nodes or use Grid(normalize=True)"
+                if adequate
+                else "widen half_width (5 holds the mass) or use Grid(normalize=True)"
+            )
+            raise ValueError(
+                f"A Grid of {k} points per axis in {n_dims} dimensions holds "
+                f"prior mass {math.exp(float(total)):.4g} instead of 1, which "
+                f"biases log-likelihoods by {float(total):.3g} nat; {remedy}."
+            )
         return Rule(nodes, log_weights)
+
+
+# Mass lost by an unnormalised Grid, relative, beyond which it refuses.
+_GRID_MASS_TOLERANCE = 1e-4
+
+
+def _grid_mass_1d(half_width, k):
+    width = 2.0 * half_width / k
+    axis = -half_width + width * (np.arange(k) + 0.5)
+    return width * np.exp(-0.5 * axis**2).sum() / math.sqrt(2.0 * math.pi)
+
+
+def _adequate_grid_nodes(half_width, n_dims):
+    """Fewest nodes whose unnormalised grid holds the prior's mass to tolerance
+    (None when the box itself loses too much)."""
+    for k in range(2, 1_000):
+        if abs(_grid_mass_1d(half_width, k) ** n_dims - 1) <= _GRID_MASS_TOLERANCE:
+            return k**n_dims
+    return None
+
+
+def _points_per_axis(n_dims, n_nodes, name):
+    """Points per axis of a tensor rule, refusing budgets of one point per axis."""
+    k = _integer_root(n_nodes, n_dims)
+    if k < 2:
+        raise ValueError(
+            f"{name} in {n_dims} dimensions needs at least 2 points per axis, "
+            f"that is n_nodes >= {2**n_dims}, got n_nodes={n_nodes}; with fewer "
+            "nodes use integrator='qmc' or 'adaptive'."
+        )
+    return k
 
 
 def _gauss_hermite_1d(n_points):
@@ -161,4 +207,6 @@ class GaussHermite(Integrator):
     _deterministic = True
 
     def _build(self, n_dims, n_nodes, generator):
-        return _tensor_gauss_hermite(n_dims, _integer_root(n_nodes, n_dims))
+        return _tensor_gauss_hermite(
+            n_dims, _points_per_axis(n_dims, n_nodes, "GaussHermite")
+        )

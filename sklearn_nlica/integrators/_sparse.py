@@ -1,6 +1,7 @@
 """Smolyak sparse grids of one-dimensional Gauss-Hermite or Genz-Keister rules."""
 
 import functools
+import math
 
 import numpy as np
 import torch
@@ -150,22 +151,47 @@ def _node_ids(rules):
     return pool, [group[offsets[i] : offsets[i + 1]] for i in range(len(rules))]
 
 
+# The largest sparse grid built; past it QMC is the better rule anyway.
+MAX_SPARSE_NODES = 2**16
+# Gauss-Hermite rules of more points lose their outer weights to underflow.
+_MAX_GAUSS_HERMITE_LEVEL = 100
+# A level whose products hold more than this many times the budget (before
+# equal nodes merge) is not built.
+_OVERSHOOT = 8
+
+
 def _largest_sparse_level(family, n_dims, n_nodes, cached=_uncached):
-    """Largest Smolyak level whose grid has at most ``n_nodes`` nodes (>= 1)."""
+    """Largest Smolyak level whose grid has at most ``n_nodes`` nodes (>= 1).
 
-    def fits(level):
-        return len(_smolyak(family, n_dims, level, cached)[1]) <= n_nodes
+    Levels are tried in turn, each first counted without being built, so the
+    work stays within a few times the budget's.
+    """
+    max_level = 26 if family == "genz_keister" else _MAX_GAUSS_HERMITE_LEVEL
+    level = 1
+    while level < max_level:
+        candidate = level + 1
+        limit = _OVERSHOOT * n_nodes
+        if _product_nodes(family, n_dims, candidate, limit, cached) > limit:
+            break
+        if len(_smolyak(family, n_dims, candidate, cached)[1]) > n_nodes:
+            break
+        level = candidate
+    return level
 
-    # Node counts never decrease with the level: double, then bisect.
-    max_level = 26 if family == "genz_keister" else n_nodes
-    low, high = 1, 2
-    while high <= max_level and fits(high):
-        low, high = high, 2 * high
-    high = min(high, max_level + 1)
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (middle, high) if fits(middle) else (low, middle)
-    return low
+
+def _product_nodes(family, n_dims, level, limit, cached):
+    """Nodes of the combination technique's products before they merge,
+    counted up to just past ``limit``."""
+    sizes = [len(_level_rule(family, i, cached)[0]) for i in range(1, level + 1)]
+    q = level + n_dims - 1
+    total = 0
+    for index in _multi_indices(n_dims, q):
+        if q - sum(index) > n_dims - 1:
+            continue
+        total += math.prod(sizes[i - 1] for i in index)
+        if total > limit:
+            break
+    return total
 
 
 def _sparse_grid_rule(family, n_dims, n_nodes, cached=_uncached):
@@ -235,4 +261,16 @@ class SparseGrid(Integrator):
         self.univariate = univariate
 
     def _build(self, n_dims, n_nodes, generator):
-        return _sparse_grid_rule(self.univariate, n_dims, n_nodes, self._cached)
+        if n_nodes > MAX_SPARSE_NODES:
+            raise ValueError(
+                f"SparseGrid builds at most {MAX_SPARSE_NODES} nodes, got "
+                f"n_nodes={n_nodes}; for more, use integrator='qmc'."
+            )
+        rule = _sparse_grid_rule(self.univariate, n_dims, n_nodes, self._cached)
+        level2 = len(_smolyak(self.univariate, n_dims, 2, self._cached)[1])
+        if rule.n_nodes < level2:
+            raise ValueError(
+                f"A sparse grid in {n_dims} dimensions needs at least {level2} "
+                f"nodes (Smolyak level 2), got n_nodes={n_nodes}."
+            )
+        return rule
