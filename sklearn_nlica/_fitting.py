@@ -214,9 +214,13 @@ class FitMixin:
         # A private copy: rules cache their nodes, the user's object stays as given.
         return clone(get_integrator(self.integrator))
 
+    # The torch dtype of every training run (None: float32 for float32 input,
+    # else float64); evaluation always follows the input.
+    _training_precision = None
+
     def _training_dtype(self, X):
-        """The torch dtype of training: float32 for float32 input, else float64."""
-        return _input_dtype(X)
+        """The torch dtype of training."""
+        return self._training_precision or _input_dtype(X)
 
     def _monitor(self, plan):
         """The history key that stopping reads (lower is better)."""
@@ -251,8 +255,7 @@ class FitMixin:
         centre = np.abs(np.nanmean(X, axis=0)) if X.size else np.zeros(1)
         if spread.max() > 1e3 or spread.min() < 1e-3 or centre.max() > 1e3:
             tips.append("standardise X (e.g. with StandardScaler)")
-        follows_input = self._training_dtype(np.zeros(1)) == torch.float64
-        if X.dtype == np.float32 and follows_input:
+        if X.dtype == np.float32 and self._training_precision is None:
             tips.append("use float64 input")
         if self.noise_variance is not None:
             tips.append(

@@ -107,31 +107,26 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
         frequencies as p(u)); a continuous u among the batch's rows (the
         InfoNCE estimate), which needs ``batch_size`` of 2 or more.
     kl_warmup : float, default=0
-        Epochs over which the weight of the KL term rises linearly from 0 to
-        1 (KL annealing). The objective is the ELBO from then on; 0 trains
-        on the ELBO throughout.
+        Epochs over which the KL term's weight rises linearly from 0 to 1
+        (KL annealing); 0 trains on the ELBO throughout.
     n_init : int, default=1
-        Number of initialisations; the one with the best final monitored
-        ELBO (see ``tol``) is kept.
+        Initialisations; the one of best final monitored ELBO is kept.
     learning_rate_schedule : {"cosine", "constant"}, default="cosine"
-        ``"cosine"``: Adam's rate decays from ``learning_rate_init`` to 0 over
-        about 4,800 steps (whole epochs) whatever the data size; ``max_iter``
-        only cuts that short (with a ConvergenceWarning). ``"constant"``: a
-        fixed rate for up to ``max_iter`` epochs.
+        As in :class:`VAEICA`: ``"cosine"`` decays the rate to 0 over about
+        4,800 steps, ``"constant"`` keeps it for up to ``max_iter`` epochs.
     max_grad_norm : float or None, default=100.0
         Clip the gradient's norm to this value at every step (None: never).
     max_iter : int, default=200
         Maximum number of epochs.
     tol : float, default=1e-4
-        Minimum improvement of the monitored ELBO (nats per sample) that
-        counts: the ELBO of up to 512 fixed training rows (held-out rows
-        with ``early_stopping``) with 4 fixed nodes, after every epoch.
+        Minimum improvement of the monitored ELBO (nats per sample; as in
+        :class:`VAEICA`) that counts.
     n_iter_no_change : int, default=10
-        Stop after this many epochs without a ``tol`` improvement of the
-        monitored ELBO, counted from the end of the warm starts.
+        Stop after this many epochs without a ``tol`` improvement, counted
+        from the end of the warm starts and the schedule's first half.
     early_stopping : bool, default=False
-        Hold out ``validation_fraction`` of the data, stop on its ELBO and
-        restore the best epoch's weights.
+        Hold out ``validation_fraction`` of the data, stop on its ELBO, keep
+        the best epoch.
     validation_fraction : float, default=0.1
         Share of the data held out for early stopping.
     batch_size : int or "auto", default="auto"
@@ -180,8 +175,7 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
     best_loss_ : float or None
         Smallest training loss (None with ``early_stopping``).
     validation_scores_ : list of float or None
-        Held-out ELBO of each epoch, on the monitored rows (see ``tol``),
-        with ``early_stopping``.
+        Held-out ELBO per epoch on the monitored rows (``early_stopping``).
     best_validation_score_ : float or None
         Best of ``validation_scores_``.
     n_features_in_ : int
@@ -324,6 +318,7 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
     _requires_y = True
     _node_budgets = ("n_mc_samples", "n_nodes")
     _injective = True
+    _training_precision = torch.float32
 
     # ---- the auxiliary variable (the base's conditioning hook) -----------------
 
@@ -391,9 +386,6 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
         if not encoding.discrete:
             shape.update(hidden_layer_sizes=hidden, activation=self.activation)
         return ConditionalPrior(self.n_components, family=self.prior, **shape)
-
-    def _training_dtype(self, X):
-        return torch.float32
 
     def _training_plan(self, module, n_batches):
         plan, epochs = scheduled_plan(

@@ -175,6 +175,7 @@ class VAEICA(LatentVariableModel):
     """
 
     _node_budgets = ("n_mc_samples", "n_nodes")
+    _training_precision = torch.float32
 
     _parameter_constraints: dict = {
         **LatentVariableModel._parameter_constraints,
@@ -277,9 +278,6 @@ class VAEICA(LatentVariableModel):
             independent_rows=isinstance(integrator, (MonteCarlo, QMC)),
             optimal_noise=mode == "optimal",
         )
-
-    def _training_dtype(self, X):
-        return torch.float32
 
     def _training_plan(self, module, n_batches):
         plan, _ = scheduled_plan(
