@@ -13,11 +13,34 @@ no step size.
 The solver asks the module which parameters move in closed form
 (``closed_form_parameters()``) and writes the updates through the decoder's
 own methods; it knows no parameter by name.
+
+Adaptive rules are warm-started: the solver keeps every training row's
+posterior modes (the batches name their rows) and builds the next epoch's
+rule for the row from them, so that Newton's method starts at the mode it
+found last time instead of searching the latent space again. The search runs
+on the first epoch, every ``SEARCH_EVERY`` epochs as a check for modes that
+appeared since, and for any row whose warm start does not converge. The
+parameter-expansion step moves the stored modes with the latent space. The
+first M-step takes the integrand from the rule's own evaluation (no second
+decoder pass); the later ones decode only the nodes whose posterior weight
+is above ``M_STEP_MIN_WEIGHT``.
 """
+
+import math
 
 import torch
 
 from ._training import ObjectiveNet
+
+# Epochs between two searches for new posterior modes (the first epoch
+# searches; between searches every row starts from its modes of the epoch
+# before).
+SEARCH_EVERY = 10
+# Posterior weights at or below this are left out of the M-steps after the
+# first (their nodes are not decoded): it halves the nodes an M-step decodes,
+# and the surrogate misses only their share of each row's posterior mass
+# (the first M-step and the E-step's closed-form statistics use every node).
+M_STEP_MIN_WEIGHT = 1e-3
 
 
 class EStepStatistics:
@@ -125,6 +148,9 @@ class EMNet(ObjectiveNet):
         self.m_step_parameters_ = [
             p for p in self.module_.parameters() if id(p) not in closed_form
         ]
+        # One seed for every rule of the fit: the search set, its neighbour
+        # graph and the defensive nodes are built once.
+        self.rule_seed_ = int(torch.randint(0, 2**62, ()))
 
     def run_single_epoch(self, iterator, training, prefix, step_fn, **fit_params):
         if not training or iterator is None:
@@ -133,6 +159,7 @@ class EMNet(ObjectiveNet):
             )
         decoder = self.module_.decoder
         x = iterator.dataset.x
+        self._prepare_modes(len(x))
         self.statistics_ = EStepStatistics(
             self.module_.n_components, x.shape[1], x.mean(0), linear=decoder.is_linear
         )
@@ -141,8 +168,33 @@ class EMNet(ObjectiveNet):
         del self.statistics_
         self._closed_form_step(decoder, statistics, x.shape[1])
 
-    @staticmethod
-    def _closed_form_step(decoder, statistics, n_features):
+    def _prepare_modes(self, n_rows):
+        """Per-row modes (NaN: none yet); forgotten on the epochs that search."""
+        epoch = len(self.history) - 1
+        modes = getattr(self, "row_modes_", None)
+        if modes is None or len(modes) != n_rows or epoch % SEARCH_EVERY == 0:
+            modes = None
+        self.row_modes_ = modes
+        self._n_rows = n_rows
+
+    def _warm_start(self, rows):
+        if self.row_modes_ is None or rows is None:
+            return None
+        return self.row_modes_[rows]
+
+    def _keep_modes(self, rows, modes):
+        if modes is None or rows is None:
+            return
+        if self.row_modes_ is None or self.row_modes_.shape[1:] != modes.shape[1:]:
+            self.row_modes_ = torch.full(
+                (self._n_rows, *modes.shape[1:]),
+                math.nan,
+                dtype=modes.dtype,
+                device=modes.device,
+            )
+        self.row_modes_[rows.to(modes.device)] = modes
+
+    def _closed_form_step(self, decoder, statistics, n_features):
         noise_variance = statistics.noise_variance(n_features)
         if statistics.linear:
             weight, bias, noise_variance = statistics.linear_m_step()
@@ -150,20 +202,34 @@ class EMNet(ObjectiveNet):
         if decoder.noise_parameters():
             decoder.set_noise_variance(float(noise_variance))
         mean, covariance = statistics.latent_moments()
-        decoder.absorb_affine(mean, latent_standardisation(covariance))
+        root = latent_standardisation(covariance)
+        decoder.absorb_affine(mean, root)
+        modes = getattr(self, "row_modes_", None)
+        if modes is not None:
+            # The same points in the new coordinates z' = root^-1 (z - mean).
+            shifted = (modes - mean.to(modes)).reshape(-1, modes.shape[-1])
+            moved = torch.linalg.solve(root.to(modes), shifted.T).T
+            self.row_modes_ = moved.reshape(modes.shape)
 
     def train_step(self, batch, **fit_params):
         self._set_training(True)
-        x = batch[0]
+        x, rows = batch
         model = self.module_
-        with torch.no_grad():
-            rule = model.rule(x)
+        steps = [p for p in self.m_step_parameters_ if p.requires_grad]
+        n_steps = self.n_m_steps if steps else 0
+        generator = torch.Generator().manual_seed(self.rule_seed_)
+        # The rule evaluates the integrand at its nodes: with a graph, that
+        # evaluation is the first M-step's forward pass too.
+        with torch.set_grad_enabled(n_steps > 0):
+            rule = model.rule(x, generator=generator, warm_start=self._warm_start(rows))
+        self._keep_modes(rows, rule.modes)
         log_p, weights, residual = model.e_step(x, rule)
         self.statistics_.add(x, rule.nodes, weights, residual)
-        steps = [p for p in self.m_step_parameters_ if p.requires_grad]
-        for _ in range(self.n_m_steps if steps else 0):
+        for step in range(n_steps):
             self.optimizer_.zero_grad()
-            surrogate = model.em_surrogate(x, rule, weights=weights)
+            surrogate = model.em_surrogate(
+                x, rule, weights, min_weight=M_STEP_MIN_WEIGHT, reuse=step == 0
+            )
             (-surrogate.mean()).backward()
             for param in model.closed_form_parameters():
                 param.grad = None

@@ -42,6 +42,7 @@ from ._densities import (
     as_variance,
     gaussian_loglik_matrix,
 )
+from ._integrand import GaussianIntegrand, pairwise_loglik
 
 __all__ = [
     "NonPositiveIntegralError",
@@ -49,6 +50,7 @@ __all__ = [
     "em_surrogate",
     "gaussian_log_integrand",
     "log_marginal",
+    "log_marginal_from_values",
     "posterior_mean",
     "signed_logsumexp",
 ]
@@ -135,36 +137,23 @@ def gaussian_log_integrand(x, decoder, noise_variance, *, chunk_size=None):
     Parameters
     ----------
     x : Tensor of shape (B, n)
-    decoder : callable
-        Maps (N, m) to (N, n).
+    decoder : callable or HeadDecoder
+        Maps (N, m) to (N, n); see :class:`sklearn_nlica._integrand.HeadDecoder`
+        for decoders with a linear last layer.
     noise_variance : float or Tensor
     chunk_size : int or None, default=None
-        Points per chunk for per-point nodes.
+        Pairs of a point and a node per chunk.
 
     Returns
     -------
-    log_integrand : callable
+    log_integrand : GaussianIntegrand
         Takes z of shape (B, K, m) (per-point nodes) or (1, K, m) (shared
-        nodes, evaluated with one matrix product) and returns (B, K) values.
-        Pass it as ``log_integrand`` to
+        nodes, evaluated with one matrix product) and returns (B, K) values;
+        it also evaluates (point, node) pairs and their z-derivatives. Pass
+        it as ``log_integrand`` to
         :meth:`~sklearn_nlica.integrators.Integrator.rule`.
     """
-
-    def log_integrand(z):
-        if z.shape[0] == 1 and x.shape[0] != 1:
-            return gaussian_loglik_matrix(x, _decode(decoder, z[0]), noise_variance)
-        rows = chunk_size or max(1, CHUNK_ELEMENTS // max(1, z.shape[1] * x.shape[1]))
-        out = [
-            gaussian_loglik_matrix(
-                x[start : start + rows],
-                _decode(decoder, z[start : start + rows]),
-                noise_variance,
-            )
-            for start in range(0, x.shape[0], rows)
-        ]
-        return torch.cat(out) if len(out) > 1 else out[0]
-
-    return log_integrand
+    return GaussianIntegrand(x, decoder, noise_variance, chunk_size=chunk_size)
 
 
 # ---------------------------------------------------------------------------
@@ -213,10 +202,26 @@ def _maybe_checkpoint(n_blocks, fn, *args):
     return fn(*args)
 
 
+def _loglik(x, decoder, nodes, log_weights, noise_variance):
+    """log N(x_i; g(z_j), sigma^2 I) for one block: a matrix product for
+    shared nodes; per-point nodes only where their weight is not zero (0
+    elsewhere)."""
+    if nodes.dim() == 2:
+        return gaussian_loglik_matrix(x, _decode(decoder, nodes), noise_variance)
+    active = torch.isfinite(log_weights)
+    return pairwise_loglik(x, decoder, nodes, active, noise_variance)
+
+
+def _terms(loglik, log_weights):
+    """log w_j + loglik_ij (-inf where the weight is zero)."""
+    terms = log_weights.to(loglik.dtype) + loglik
+    return torch.where(torch.isfinite(log_weights), terms, -math.inf)
+
+
 def _log_terms(x, decoder, nodes, log_weights, noise_variance):
     """log w_j + log N(x_i; g(z_j), sigma^2 I) for one block."""
-    loglik = gaussian_loglik_matrix(x, _decode(decoder, nodes), noise_variance)
-    return log_weights.to(loglik.dtype) + loglik
+    loglik = _loglik(x, decoder, nodes, log_weights, noise_variance)
+    return _terms(loglik, log_weights)
 
 
 # ---------------------------------------------------------------------------
@@ -314,21 +319,31 @@ def _posterior_blocks(x, decoder, rule, noise_variance, chunk_size=None):
         log_p = _log_marginal(x, decoder, rule, noise_variance, chunk_size)
     for rows, cols in blocks:
         nodes, log_weights, signs = _block_rule(rule, rows, cols)
-        loglik = gaussian_loglik_matrix(
-            x[rows], _decode(decoder, nodes), noise_variance
-        )
-        terms = log_weights.to(loglik.dtype) + loglik
+        loglik = _loglik(x[rows], decoder, nodes, log_weights, noise_variance)
+        terms = _terms(loglik, log_weights)
         block_log_p, r = _weights(terms, signs, None if log_p is None else log_p[rows])
         yield rows, cols, nodes, loglik, block_log_p, r
 
 
-def e_step(x, decoder, rule, noise_variance, *, chunk_size=None):
+def _residuals(loglik, variance, n_features):
+    """||x_i - g(z_j)||^2 from log N(x_i; g(z_j), sigma^2 I)."""
+    # Undo log N = -(||x - g||^2 / sigma^2 + n log(2 pi sigma^2)) / 2.
+    return -2.0 * variance * loglik - n_features * variance * torch.log(
+        2.0 * math.pi * variance
+    )
+
+
+def e_step(x, decoder, rule, noise_variance, *, chunk_size=None, values=None):
     """The E-step of EM in one pass of the decoder over the rule's nodes.
 
     Parameters
     ----------
     x, decoder, rule, noise_variance, chunk_size
         As in :func:`log_marginal`.
+    values : Tensor of shape (B, K) or None, default=None
+        log N(x_i; g(z_ij), sigma^2 I) at the rule's per-point nodes when
+        they are already known (an adaptive rule's ``Rule.values`` for the
+        same x, decoder and sigma^2): then nothing is decoded.
 
     Returns
     -------
@@ -336,7 +351,7 @@ def e_step(x, decoder, rule, noise_variance, *, chunk_size=None):
         log p(x_i).
     weights : Tensor of shape (B, K)
         Posterior weights r_ij; rows sum to one (some are negative for
-        signed rules).
+        signed rules), 0 at nodes of zero weight.
     residual : Tensor of shape (B,)
         Expected squared residual sum_j r_ij ||x_i - g(z_j)||^2.
 
@@ -345,31 +360,50 @@ def e_step(x, decoder, rule, noise_variance, *, chunk_size=None):
     """
     _check_rule(x, rule)
     n_features = x.shape[1]
-    log_p, weights, residual = [], [], []
     with torch.no_grad():
         variance = as_variance(noise_variance, accumulation_dtype(x), x.device)
+        if values is not None:
+            loglik = values.detach().to(variance.dtype)
+            log_p, r = _weights(_terms(loglik, rule.log_weights), rule.signs)
+            residual = (r * _residuals(loglik, variance, n_features)).sum(1)
+            return log_p, r, residual
+        log_p, weights, residual = [], [], []
         for _, _, _, loglik, block_log_p, r in _posterior_blocks(
             x, decoder, rule, variance, chunk_size
         ):
-            # Undo log N = -(||x - g||^2 / sigma^2 + n log(2 pi sigma^2)) / 2.
-            sq_dist = -2.0 * variance * loglik - n_features * variance * torch.log(
-                2.0 * math.pi * variance
-            )
             log_p.append(block_log_p)
             weights.append(r)
-            residual.append((r * sq_dist).sum(1))
+            residual.append((r * _residuals(loglik, variance, n_features)).sum(1))
     if rule.shared:
         return log_p[0], torch.cat(weights, dim=1), sum(residual)
     return torch.cat(log_p), torch.cat(weights), torch.cat(residual)
 
 
-def posterior_mean(x, decoder, rule, noise_variance, *, chunk_size=None):
+def log_marginal_from_values(rule, values):
+    """log p(x_i) from the log-integrand at a rule's per-point nodes.
+
+    Parameters
+    ----------
+    rule : Rule
+        Per-point nodes (B, K, m).
+    values : Tensor of shape (B, K)
+        log N(x_i; g(z_ij), sigma^2 I), e.g. the rule's own ``Rule.values``.
+
+    Returns
+    -------
+    log_p : Tensor of shape (B,)
+        In the dtype of ``values``, differentiable through them.
+    """
+    return signed_logsumexp(_terms(values, rule.log_weights), rule.signs, dim=1)
+
+
+def posterior_mean(x, decoder, rule, noise_variance, *, chunk_size=None, values=None):
     """Posterior mean E[z | x_i] ~= sum_j r_ij z_j from the rule's nodes.
 
     Parameters
     ----------
-    x, decoder, rule, noise_variance, chunk_size
-        As in :func:`log_marginal`.
+    x, decoder, rule, noise_variance, chunk_size, values
+        As in :func:`e_step`.
 
     Returns
     -------
@@ -377,6 +411,10 @@ def posterior_mean(x, decoder, rule, noise_variance, *, chunk_size=None):
         In the dtype of ``x``; no gradient.
     """
     _check_rule(x, rule)
+    if values is not None:
+        with torch.no_grad():
+            _, r = _weights(_terms(values.detach(), rule.log_weights), rule.signs)
+            return torch.einsum("bk,bkm->bm", r, rule.nodes.to(r.dtype)).to(x.dtype)
     parts = []
     with torch.no_grad():
         for *_, nodes, _, _, r in _posterior_blocks(
@@ -396,7 +434,9 @@ def posterior_mean(x, decoder, rule, noise_variance, *, chunk_size=None):
 # ---------------------------------------------------------------------------
 
 
-def em_surrogate(x, decoder, rule, noise_variance, *, weights=None, chunk_size=None):
+def em_surrogate(
+    x, decoder, rule, noise_variance, *, weights=None, chunk_size=None, min_weight=0.0
+):
     """The EM surrogate Q_i = sum_j stopgrad(r_ij) log N(x_i; g(z_j), sigma^2 I).
 
     Its gradient with respect to the decoder's parameters and ``noise_variance``
@@ -412,6 +452,10 @@ def em_surrogate(x, decoder, rule, noise_variance, *, weights=None, chunk_size=N
     weights : Tensor of shape (B, K) or None, default=None
         Posterior weights from :func:`e_step`; None computes them at the
         current parameters.
+    min_weight : float, default=0.0
+        Per-point nodes whose weight |r_ij| is at most this are left out (not
+        decoded): the surrogate and its gradient then miss at most their
+        share of the posterior mass.
 
     Returns
     -------
@@ -420,18 +464,22 @@ def em_surrogate(x, decoder, rule, noise_variance, *, weights=None, chunk_size=N
     """
     _check_rule(x, rule)
     blocks = _blocks(x, rule, chunk_size)
-    if weights is None and len(blocks) == 1:
+    if weights is None and len(blocks) == 1 and rule.shared:
         # One pass: the weights come from the same (detached) log-likelihoods.
         nodes, log_weights, signs = _block_rule(rule, *blocks[0])
         loglik = gaussian_loglik_matrix(x, _decode(decoder, nodes), noise_variance)
         with torch.no_grad():
-            _, r = _weights(log_weights.to(loglik.dtype) + loglik, signs)
+            _, r = _weights(_terms(loglik, log_weights), signs)
         return (r * loglik).sum(1).to(x.dtype)
     if weights is None:
         weights = e_step(x, decoder, rule, noise_variance, chunk_size=chunk_size)[1]
 
     def block_q(x, nodes, r, noise_variance):
-        loglik = gaussian_loglik_matrix(x, _decode(decoder, nodes), noise_variance)
+        if nodes.dim() == 2:
+            loglik = gaussian_loglik_matrix(x, _decode(decoder, nodes), noise_variance)
+        else:
+            used = r.abs() > min_weight
+            loglik = pairwise_loglik(x, decoder, nodes, used, noise_variance)
         return (r.to(loglik.dtype) * loglik).sum(1)
 
     parts = []

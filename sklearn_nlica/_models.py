@@ -5,7 +5,8 @@ maximised; the driver in ``_training.py`` minimises minus its mean), and the
 same module evaluates the fitted model, so that the estimators only convert
 arrays. The evaluation interface, shared by the three:
 
-- ``rule(x, n_nodes, generator)``: the integration rule for the rows of x;
+- ``rule(x, n_nodes, generator)``: the integration rule for the rows of x
+  (the marginal likelihood's also takes a ``warm_start``);
 - ``score_samples(x, rule, **condition)``: the per-sample score;
 - ``posterior_mean(x, rule, **condition)``: E[z | x];
 - ``log_likelihood(x, rule, **condition)``: an estimate of log p(x);
@@ -14,7 +15,9 @@ arrays. The evaluation interface, shared by the three:
   intermediate, which bounds how many rows are evaluated at once.
 
 Parameter groups that the training policies need (alternating updates, the
-closed-form M-steps, the linear warm start) are methods as well.
+closed-form M-steps, the linear warm start) are methods as well. The
+marginal likelihood's module lives in ``_likelihood.py`` and is re-exported
+here.
 """
 
 from typing import NamedTuple
@@ -33,14 +36,8 @@ from ._densities import (
     posterior_points,
     posterior_total_correlation,
 )
-from ._marginal import (
-    e_step,
-    em_surrogate,
-    gaussian_log_integrand,
-    log_marginal,
-    posterior_mean,
-    signed_logsumexp,
-)
+from ._likelihood import MarginalLikelihood  # noqa: F401  (one of the three)
+from ._marginal import signed_logsumexp
 from .integrators import Rule
 
 
@@ -412,89 +409,3 @@ class IdentifiableVAEModule(nn.Module):
         """The nonlinear branches of a residual encoder and decoder: frozen,
         they leave a linear model (the linear warm start)."""
         return self.encoder.nonlinear_parameters() + self.decoder.nonlinear_parameters()
-
-
-class MarginalLikelihood(nn.Module):
-    """log p(x) = log E_{z ~ N(0, I)}[N(x; g(z), sigma^2 I)] by an integration rule.
-
-    ``forward`` returns the per-sample log-likelihood. With
-    ``gradient="analytic"`` its gradient is Fisher's identity (posterior
-    weights held fixed, the E-step of EM) instead of autograd through the
-    log-sum-exp; the two agree, the value is the same.
-    """
-
-    def __init__(self, decoder, n_components, integrator, n_nodes, gradient="autograd"):
-        super().__init__()
-        self.decoder = decoder
-        self.n_components = n_components
-        self.integrator = integrator
-        self.n_nodes = n_nodes
-        self.gradient = gradient
-
-    def mean(self, z):
-        """The decoder mean g(z), the callable the integration functions take."""
-        return self.decoder.mean(z)
-
-    def noise_variance(self):
-        return self.decoder.noise_variance()
-
-    def rule(self, x, n_nodes=None, generator=None):
-        """Nodes for the rows of ``x``: shared, or on each row's posterior."""
-        log_integrand = None
-        if self.integrator.is_adaptive:
-            variance = self.noise_variance().detach()
-            log_integrand = gaussian_log_integrand(x, self.mean, variance)
-        return self.integrator.rule(
-            self.n_components,
-            n_nodes or self.n_nodes,
-            dtype=x.dtype,
-            device=x.device,
-            generator=generator,
-            log_integrand=log_integrand,
-        )
-
-    def forward(self, x):
-        rule = self.rule(x)
-        if self.gradient == "autograd":
-            return self.log_likelihood(x, rule)
-        surrogate = self.em_surrogate(x, rule)
-        with torch.no_grad():
-            log_p = self.log_likelihood(x, rule)
-        # The value of log p(x), the gradient of the EM surrogate.
-        return log_p + (surrogate - surrogate.detach())
-
-    def e_step(self, x, rule):
-        """log p(x), the posterior weights and the expected squared residuals."""
-        return e_step(x, self.mean, rule, self.noise_variance())
-
-    def em_surrogate(self, x, rule, weights=None):
-        """The EM surrogate, with the given posterior weights held fixed."""
-        return em_surrogate(x, self.mean, rule, self.noise_variance(), weights=weights)
-
-    # ---- evaluation ----------------------------------------------------------
-
-    def log_likelihood(self, x, rule):
-        return log_marginal(x, self.mean, rule, self.noise_variance())
-
-    def score_samples(self, x, rule):
-        return self.log_likelihood(x, rule)
-
-    def posterior_mean(self, x, rule):
-        return posterior_mean(x, self.mean, rule, self.noise_variance())
-
-    def sample_latent(self, n_samples):
-        return torch.randn(n_samples, self.n_components, dtype=_parameter_dtype(self))
-
-    def elements_per_row(self, n_nodes):
-        return n_nodes * self.decoder.out.out_features
-
-    # ---- parameter groups ----------------------------------------------------
-
-    def alternating_groups(self):
-        """The mean g, then sigma^2 (None when sigma^2 is fixed)."""
-        noise = self.decoder.noise_parameters()
-        return [self.decoder.mean_parameters(), noise] if noise else None
-
-    def closed_form_parameters(self):
-        """The parameters that EM moves in closed form, at the end of an epoch."""
-        return self.decoder.closed_form_parameters()

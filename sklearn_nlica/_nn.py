@@ -38,6 +38,8 @@ ACTIVATIONS = {
     "gelu": nn.GELU,
     "identity": nn.Identity,
 }
+# Activations whose second derivative vanishes almost everywhere.
+PIECEWISE_LINEAR = frozenset({"relu", "leaky_relu", "identity"})
 
 
 def initial_noise_variance(x, n_components=None):
@@ -213,6 +215,7 @@ class GaussianDecoder(nn.Module):
     ):
         super().__init__()
         self.variance = variance
+        self.activation = activation
         self.hidden, width = make_trunk(n_components, hidden_layer_sizes, activation)
         self.out = nn.Linear(width, n_features)
         if mean_init is not None:
@@ -237,6 +240,11 @@ class GaussianDecoder(nn.Module):
     def is_linear(self):
         """Whether g is affine with no hidden layer (g(z) = A z + b)."""
         return len(self.hidden) == 0 and self.skip is None
+
+    @property
+    def piecewise_linear(self):
+        """Whether g is piecewise linear in z (zero second derivatives a.e.)."""
+        return len(self.hidden) == 0 or self.activation in PIECEWISE_LINEAR
 
     def forward(self, z):
         """Return the mean g(z) and the variance (scalar, or one per z)."""

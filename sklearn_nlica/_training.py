@@ -134,9 +134,12 @@ class TensorData:
 class TensorBatches:
     """Mini-batches of a :class:`TensorData` as slices of a shuffled index.
 
-    Used as skorch's ``iterator_train``/``iterator_valid``. The permutation
-    is drawn with torch's global generator, which the estimators fork and
-    seed for the duration of ``fit`` so that ``random_state`` fixes it.
+    Used as skorch's ``iterator_train``/``iterator_valid``. Each batch is
+    ``(inputs, rows)``: the module's input and the indices of its rows in the
+    dataset (skorch's target slot, which the objectives ignore), so that a
+    solver can keep state per row across epochs. The permutation is drawn
+    with torch's global generator, which the estimators fork and seed for the
+    duration of ``fit`` so that ``random_state`` fixes it.
     """
 
     def __init__(self, dataset, batch_size, shuffle=False):
@@ -153,12 +156,10 @@ class TensorBatches:
             # Drawn on the CPU so that the same seed gives the same batches on
             # every device.
             order = torch.randperm(n).to(self.dataset.x.device)
-            for index in order.split(self.batch_size):
-                yield self.dataset.take(index).as_input(), None
         else:
-            for start in range(0, n, self.batch_size):
-                part = self.dataset.take(slice(start, start + self.batch_size))
-                yield part.as_input(), None
+            order = torch.arange(n, device=self.dataset.x.device)
+        for index in order.split(self.batch_size):
+            yield self.dataset.take(index).as_input(), index
 
 
 class HoldOut:

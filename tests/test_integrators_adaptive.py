@@ -40,7 +40,9 @@ def test_adaptive_is_exact_on_gaussian_posteriors(base):
     rule = Adaptive(base=base).rule(
         4, 64, log_integrand=log_integrand, generator=seeded()
     )
-    assert rule.nodes.shape == (6, 64, 4) and rule.log_weights.shape == (6, 64)
+    # At most the budget; near-Gaussian posteriors keep the small rule.
+    assert rule.nodes.shape[::2] == (6, 4) and rule.n_nodes <= 64
+    assert rule.log_weights.shape == rule.nodes.shape[:2]
     log_p = torch.logsumexp(rule.log_weights + log_integrand(rule.nodes), dim=1)
     np.testing.assert_allclose(log_p, exact, atol=1e-8)
 
@@ -141,7 +143,7 @@ def test_adaptive_float32_and_detached():
     )
     assert rule.nodes.dtype == rule.log_weights.dtype == torch.float32
     assert not rule.nodes.requires_grad and not rule.log_weights.requires_grad
-    assert rule.nodes.shape == (5, 20, 2)
+    assert rule.nodes.shape[::2] == (5, 2) and rule.n_nodes <= 20
     assert scale.grad is None
 
 
@@ -176,7 +178,7 @@ def test_adaptive_with_shared_search_on_the_marginal_integrand():
     x = decoder(torch.randn(8, 2, generator=seeded(), dtype=torch.float64)).detach()
     log_integrand = _marginal.gaussian_log_integrand(x, decoder, 0.01)
     rule = Adaptive().rule(2, 32, log_integrand=log_integrand, generator=seeded())
-    assert rule.nodes.shape == (8, 32, 2)
+    assert rule.nodes.shape[::2] == (8, 2) and rule.n_nodes <= 32
 
 
 def test_adaptive_with_fewer_starts_than_modes():
@@ -186,7 +188,7 @@ def test_adaptive_with_fewer_starts_than_modes():
     rule = Adaptive(n_modes=3, n_search=1, n_starts=1).rule(
         2, 40, log_integrand=log_integrand, generator=seeded()
     )
-    assert rule.nodes.shape == (3, 40, 2)
+    assert rule.nodes.shape[::2] == (3, 2) and rule.n_nodes <= 40
     log_p = torch.logsumexp(rule.log_weights + log_integrand(rule.nodes), dim=1)
     np.testing.assert_allclose(log_p, exact, atol=1e-5)
 
@@ -217,13 +219,13 @@ def test_adaptive_base_rules_are_cached_in_the_instance(base, monkeypatch):
     log_integrand, _ = gaussian_integrand(
         x, torch.tensor(1.0, dtype=torch.float64), 0.3
     )
-    adaptive = Adaptive(base=base)
+    adaptive = Adaptive(base=base, refine_tol=None)
     rules = [
         adaptive.rule(n_dims, 40, log_integrand=log_integrand, generator=seeded(4))
         for _ in range(3)
     ]
     assert len(built) == 1
-    fresh = Adaptive(base=base).rule(
+    fresh = Adaptive(base=base, refine_tol=None).rule(
         n_dims, 40, log_integrand=log_integrand, generator=seeded(4)
     )
     assert len(built) == 2  # per instance, no shared module-level integrator

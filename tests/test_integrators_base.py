@@ -360,16 +360,18 @@ def test_pickling_drops_the_cache_but_keeps_the_rules(integrator):
 
 
 def test_clone_of_a_used_integrator_starts_empty():
-    adaptive = Adaptive(n_modes=3, base="sparse_grid")
+    adaptive = Adaptive(n_modes=3, base="sparse_grid", refine_tol=None)
     log_integrand = lambda z: -((z - 1.0) ** 2).sum(-1)  # noqa: E731
     first = adaptive.rule(4, 64, log_integrand=log_integrand, generator=seeded(2))
     assert "_cache" in adaptive.__dict__
     copy = clone(adaptive)
     assert "_cache" not in copy.__dict__ and copy.get_params() == adaptive.get_params()
     second = copy.rule(4, 64, log_integrand=log_integrand, generator=seeded(2))
-    assert torch.equal(first.nodes, second.nodes)
-    assert torch.equal(first.log_weights, second.log_weights)
-    assert torch.equal(first.signs, second.signs)
+    for a, b in zip(first, second):
+        if a is None or b is None:
+            assert a is b
+        else:
+            torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
     restored = pickle.loads(pickle.dumps(adaptive))
     third = restored.rule(4, 64, log_integrand=log_integrand, generator=seeded(2))
     assert torch.equal(first.log_weights, third.log_weights)

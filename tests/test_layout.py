@@ -13,12 +13,13 @@ LAYERS = {
     "numerics": [
         "_validation",
         "_densities",
+        "_integrand",
         "_marginal",
         "integrators",
         "metrics",
         "datasets",
     ],
-    "models": ["_nn", "_models"],
+    "models": ["_nn", "_likelihood", "_models"],
     "training": ["_training", "_schedules", "_em"],
     "estimators": [
         "_fitting",

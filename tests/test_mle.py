@@ -534,3 +534,34 @@ def test_unfitted_and_wrong_width():
         mle.score_samples(X[:, :3])
     with pytest.raises(ValueError, match="latent"):
         mle.inverse_transform(np.zeros((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from sklearn.datasets import load_digits
+    from sklearn.preprocessing import StandardScaler
+
+    return StandardScaler().fit_transform(load_digits().data)
+
+
+@pytest.mark.parametrize("k", range(2, 9))
+def test_default_rule_fits_load_digits(digits, k):
+    # Above m = 3 the default adaptive base has positive weights: no
+    # NonPositiveIntegralError on real data at the defaults.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        mle = NonlinearICAMLE(n_components=k, max_iter=1, random_state=0)
+        mle.fit(digits)
+    assert np.isfinite(mle.score_samples(digits)).all()
+
+
+def test_linear_decoder_matches_pca_on_load_digits(digits):
+    mle = NonlinearICAMLE(
+        n_components=3, hidden_layer_sizes=(), max_iter=30, random_state=0
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        mle.fit(digits)
+    assert mle.score(digits) == pytest.approx(
+        PCA(3).fit(digits).score(digits), abs=0.01
+    )

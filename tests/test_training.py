@@ -32,8 +32,8 @@ def test_tensor_batches_cover_every_row_once():
     batches = TensorBatches(TensorData(x, u=u), batch_size=5, shuffle=True)
     assert len(batches) == 5
     seen = []
-    for inputs, target in batches:
-        assert target is None
+    for inputs, rows in batches:
+        assert torch.equal(rows, inputs["u"])  # each batch names its rows
         assert torch.equal(inputs["x"][:, 0].long(), inputs["u"])  # rows stay aligned
         seen += inputs["u"].tolist()
     assert sorted(seen) == list(range(23)) and seen != list(range(23))

@@ -1,6 +1,5 @@
 """The adaptive rule: nodes placed on each point's posterior."""
 
-import functools
 import math
 from numbers import Integral, Real
 from typing import NamedTuple
@@ -8,123 +7,24 @@ from typing import NamedTuple
 import torch
 from sklearn.utils._param_validation import StrOptions
 
-from .._densities import LOG_2PI
 from .._validation import NotBoolInterval
 from ._base import (
     Integrator,
     Rule,
     _integer_root,
     _log_std_normal,
+    _seed_from,
     _sobol_normal,
-    _sobol_rule,
+    _uniform_log_weights,
 )
+from ._newton import Posterior, find_modes, search_set
 from ._prior import _tensor_gauss_hermite
 from ._sparse import _sparse_grid_rule
 
-# The Laplace precision along each eigen-direction of the negated Hessian of the
-# log-posterior is |eigenvalue| (negative ones mean a saddle or a trough, where
-# |eigenvalue| still measures the scale and Newton steps then climb out of it),
-# floored so that no direction is wider than twice the prior.
-_MIN_PRECISION = 0.25
-# Newton steps longer than this (in prior standard deviations) are shortened.
-_MAX_STEP = 3.0
-# Step fractions tried by the line search, all in one batched evaluation.
-_STEP_FRACTIONS = (1.0, 0.5, 0.25, 0.125)
-# Stop once every point's Newton decrement promises less than this gain (nats),
-# plus the rounding of the log-integrand in its own dtype: a float32 integrand
-# cannot resolve smaller gains, and the weights are exact for any mode anyway.
-_NEWTON_TOL = 1e-12
-# Two Newton end points closer than this squared Mahalanobis distance (one
-# posterior standard deviation) are the same mode.
-_SAME_MODE = 1.0
-# Log-mass handicap (nats) of a Newton start that did not converge.
-_STALLED_PENALTY = 1000.0
-
-
-class _Laplace(NamedTuple):
-    """Laplace components of B points' posteriors, C per point."""
-
-    mode: torch.Tensor  # (B, C, m)
-    eigenvalues: torch.Tensor  # (B, C, m), precisions along the eigenvectors
-    eigenvectors: torch.Tensor  # (B, C, m, m)
-    log_mass: torch.Tensor  # (B, C), Laplace estimates of the modes' masses
-
-
-class _LogPosterior:
-    """log h_b(z) + log N(z; 0, I) and its derivatives, in float64 on ``work``."""
-
-    def __init__(self, log_integrand, dtype, device, work):
-        self.log_integrand = log_integrand
-        self.dtype = dtype
-        self.device = device
-        self.work = work
-
-    def _call(self, z):
-        value = self.log_integrand(z)
-        if value.dim() != 2 or value.shape[1] != z.shape[1]:
-            raise ValueError(
-                "log_integrand must map z of shape (B, K, m) or (1, K, m) "
-                f"to values of shape (B, K); got {tuple(value.shape)} for "
-                f"z of shape {tuple(z.shape)}."
-            )
-        return value
-
-    def values(self, z):
-        with torch.no_grad():
-            value = self._call(z.to(dtype=self.dtype, device=self.device))
-        return value.to(dtype=torch.float64, device=self.work) + _log_std_normal(z)
-
-    def derivatives(self, z):
-        """Values (B, S), gradients (B, S, m) and Hessians (B, S, m, m) at z."""
-        n_dims = z.shape[-1]
-        with torch.enable_grad():
-            leaf = (
-                z.to(dtype=self.dtype, device=self.device).detach().requires_grad_(True)
-            )
-            value = self._call(leaf)
-            (grad,) = torch.autograd.grad(
-                value.sum(), leaf, create_graph=True, allow_unused=True
-            )
-            if grad is None:  # an integrand that does not depend on z
-                grad = torch.zeros_like(leaf)
-            rows = []
-            for i in range(n_dims):
-                row = None
-                if grad.requires_grad:
-                    # Points are independent, so the gradient of the sum over
-                    # points is each point's own Hessian row.
-                    (row,) = torch.autograd.grad(
-                        grad[..., i].sum(), leaf, retain_graph=True, allow_unused=True
-                    )
-                rows.append(torch.zeros_like(grad) if row is None else row)
-            hess = torch.stack(rows, dim=-2)
-        as_work = {"dtype": torch.float64, "device": self.work}
-        eye = torch.eye(n_dims, **as_work)
-        # A non-finite derivative (an integrand that underflows far from the
-        # data) must not poison the eigen-decomposition: such points stay put.
-        return (
-            value.detach().to(**as_work) + _log_std_normal(z),
-            torch.nan_to_num(grad.detach().to(**as_work), 0.0, 0.0, 0.0) - z,
-            torch.nan_to_num(hess.detach().to(**as_work), 0.0, 0.0, 0.0) - eye,
-        )
-
-
-def _safe_precision(hess):
-    """Eigen-decomposition of the negated Hessian, made positive definite."""
-    precision = -0.5 * (hess + hess.transpose(-1, -2))
-    eigenvalues, eigenvectors = torch.linalg.eigh(precision)
-    return eigenvalues.abs().clamp_min(_MIN_PRECISION), eigenvectors
-
-
-def _log_gaussian(z, laplace):
-    """log q_c(z) = log N(z; mode_c, V diag(1/lam) V^T): (B, K, C) for z (B, K, m)."""
-    diff = z[:, :, None, :] - laplace.mode[:, None, :, :]
-    rotated = torch.einsum("bcji,bkcj->bkci", laplace.eigenvectors, diff)
-    return (
-        -0.5 * (rotated**2 * laplace.eigenvalues[:, None]).sum(-1)
-        + 0.5 * laplace.eigenvalues.log().sum(-1)[:, None]
-        - 0.5 * z.shape[-1] * LOG_2PI
-    )
+# Latent dimensions up to which base="auto" maps tensor Gauss-Hermite rules
+# through the Laplace components (scrambled Sobol points above: positive
+# weights, whatever the dimension).
+_TENSOR_MAX_DIMS = 3
 
 
 class Adaptive(Integrator):
@@ -134,26 +34,34 @@ class Adaptive(Integrator):
     E_{z ~ N(0, I)}[h_b(z)] with nodes where the posterior
     p_b(z) ∝ h_b(z) N(z; 0, I) has its mass:
 
-    1. evaluate log h_b on a shared scrambled Sobol set of ``n_search`` prior
-       nodes and start Newton's method from the ``n_starts`` best of its local
-       maxima (nodes that beat their 2 m nearest neighbours), so that separate
-       modes get separate starts;
-    2. run batched Newton steps on log h_b(z) + log N(z; 0, I) (exact Hessians by
-       autograd; each eigenvalue of the negated Hessian replaced by its
-       absolute value, floored at 0.25, so that steps climb out of saddles; a
-       batched line search);
+    1. find the modes: from a ``warm_start`` (the modes of an earlier rule for
+       the same point) when there is one, else by evaluating log h_b on a
+       shared scrambled Sobol set of ``n_search`` prior nodes and starting
+       from the ``n_starts`` best of its local maxima (nodes that beat their
+       2 m nearest neighbours), so that separate modes get separate starts; a
+       point none of whose warm starts converges searches too;
+    2. run Newton's method on log h_b(z) + log N(z; 0, I) (exact Hessians;
+       each eigenvalue of the negated Hessian replaced by its absolute value,
+       floored at 0.25, so that steps climb out of saddles; a backtracking
+       line search), each start until it converges on its own;
     3. keep the ``n_modes`` most massive distinct end points; each gives a
        Laplace component q_c = N(mode_c, H_c^{-1}) (H_c the corrected negated
        Hessian) with a mixture weight a_c proportional to its Laplace estimate
        of the mode's mass; the prior is a defensive component of weight
        a_0 = ``defensive``;
-    4. map a base rule through each component (z = mode_c + L_c e with
-       L_c L_c^T = H_c^{-1}; an odd number of Gauss-Hermite points per axis, so
-       that the mode itself is a node) and add scrambled Sobol prior nodes. A
-       node z of component c (the prior included) with base weight w gets the
-       weight ``w * a_c * N(z; 0, I) / Q(z)``, Q = a_0 N(0, I) + sum_c a_c q_c:
-       the balance heuristic of multiple importance sampling, which keeps the
-       rule consistent for any modes and scales.
+    4. map a small rule through each component first: 2 m + 1 nodes (the mode
+       and two nodes on each principal axis; degree 3, positive weights),
+       plus scrambled Sobol prior nodes. A node z of component c (the prior
+       included) with base weight w gets the weight
+       ``w * a_c * N(z; 0, I) / Q(z)``, Q = a_0 N(0, I) + sum_c a_c q_c: the
+       balance heuristic of multiple importance sampling, which keeps the
+       rule consistent for any modes and scales. Where the posterior is the
+       mixture, the ratios h_b N / Q are equal at every node;
+    5. points whose log-ratios at these nodes stray more than ``refine_tol``
+       from the point's estimate (a posterior that is not close to Gaussian,
+       or mass that a prior node found away from the modes) get the whole
+       budget instead: ``base`` mapped through each of their components,
+       with the prior nodes.
 
     Modes and scales are detached: gradients flow only through the integrand
     at the nodes. The rule is exact on Gaussian posteriors (a linear decoder)
@@ -166,30 +74,37 @@ class Adaptive(Integrator):
     by prior QMC instead of being lost; where the components do reach, the
     prior's share of order a_0 of the integral costs about a_0 nats.
 
-    ``n_nodes`` counts the nodes of the returned rule (per point); the search
-    and the Newton steps evaluate the integrand at another
-    ``n_search + n_starts * (1 + 4) * iterations`` points per point, and
-    differentiate it with respect to z only.
+    ``n_nodes`` bounds the nodes of the returned rule per point; points whose
+    posterior is close to Gaussian use fewer (``values`` and ``log_weights``
+    mark the unused ones with weight zero). The search and the Newton steps
+    evaluate the integrand at up to ``n_search + n_starts * 5 * iterations``
+    further points per point, and differentiate it with respect to z only.
 
     Parameters
     ----------
     n_modes : int, default=2
         Laplace components per point.
     defensive : float in [0, 1), default=1e-6
-        Mixture weight a_0 of the prior component. About an eighth of the
-        nodes (at least one) go to it, plus what the base rules leave over;
-        0 gives every node to the modes and removes the floor.
+        Mixture weight a_0 of the prior component. An eighth of the nodes
+        (at least one) go to it; 0 gives every node to the modes and removes
+        the floor.
     n_search : int, default=1024
         Size of the shared QMC search set, which must put a local maximum
         near every mode (narrow modes need a dense one).
     n_starts : int or None, default=None
-        Newton starts per point; None means ``2 * n_modes``.
+        Newton starts per point in a search; None means ``2 * n_modes``.
     max_iter : int, default=20
         Newton iterations at most (they stop earlier at convergence).
     base : {"auto", "gauss_hermite", "sparse_grid", "qmc"}, default="auto"
-        Rule mapped through each Laplace component: tensor Gauss-Hermite,
-        a Genz-Keister sparse grid, or scrambled Sobol points; ``"auto"`` takes
-        Gauss-Hermite for m <= 3 and the sparse grid above.
+        Rule mapped through each Laplace component of the points that get
+        the whole budget: tensor Gauss-Hermite (an odd number of points per
+        axis), a Genz-Keister sparse grid (which has negative weights: its
+        sums can fail to be positive), or scrambled Sobol points; ``"auto"``
+        takes Gauss-Hermite for m <= 3 and Sobol points above.
+    refine_tol : float or None, default=0.05
+        Largest spread (nats) of a point's log importance ratios at the
+        nodes of the small rule that lets it keep that rule; None gives every
+        point the whole budget.
 
     Notes
     -----
@@ -205,12 +120,19 @@ class Adaptive(Integrator):
       deterministic and twice differentiable by autograd (piecewise linear
       activations are fine: their second derivative is zero).
 
+    An integrand that also has ``pairs(rows, z)`` (values at P pairs of a
+    row index and a point, shape (P,)) and ``derivatives(rows, z)`` (values,
+    gradients and Hessians there) is only evaluated where needed, as
+    :class:`sklearn_nlica._integrand.GaussianIntegrand` is.
+
     The rule's nodes (B, K, m) are the points z at which to evaluate h_b (they
     are already on the posterior: do not map them further), with log-weights
-    (B, K), and signs (B, K) when the base rule has negative weights. One
-    component without the prior is adaptive Gauss-Hermite quadrature [1]_
-    [2]_; the mixture follows the balance heuristic [3]_ with a defensive
-    prior component [4]_.
+    (B, K), the integrand's values there (``Rule.values``, with their graph
+    when grad mode is on), the modes (``Rule.modes``, a warm start for the
+    next rule of the same points), and signs (B, K) when the base rule has
+    negative weights. One component without the prior is adaptive
+    Gauss-Hermite quadrature [1]_ [2]_; the mixture follows the balance
+    heuristic [3]_ with a defensive prior component [4]_.
 
     References
     ----------
@@ -235,8 +157,8 @@ class Adaptive(Integrator):
     ...     return torch.distributions.Normal(z[..., 0], 0.1).log_prob(x)
     >>> rule = Adaptive().rule(1, 16, log_integrand=log_integrand,
     ...                        generator=torch.Generator().manual_seed(0))
-    >>> rule.nodes.shape
-    torch.Size([2, 16, 1])
+    >>> rule.nodes.shape[0], rule.n_nodes <= 16
+    (2, True)
     >>> log_p = torch.logsumexp(rule.log_weights + log_integrand(rule.nodes), 1)
     >>> scale = torch.tensor(1.01, dtype=torch.float64).sqrt()
     >>> exact = torch.distributions.Normal(0.0, scale).log_prob(x[:, 0])
@@ -251,6 +173,7 @@ class Adaptive(Integrator):
         "n_starts": [None, NotBoolInterval(Integral, 1, None, closed="left")],
         "max_iter": [NotBoolInterval(Integral, 1, None, closed="left")],
         "base": [StrOptions({"auto", "gauss_hermite", "sparse_grid", "qmc"})],
+        "refine_tol": [None, NotBoolInterval(Real, 0, None, closed="left")],
     }
 
     def __init__(
@@ -261,6 +184,7 @@ class Adaptive(Integrator):
         n_starts=None,
         max_iter=20,
         base="auto",
+        refine_tol=0.05,
     ):
         self.n_modes = n_modes
         self.defensive = defensive
@@ -268,13 +192,16 @@ class Adaptive(Integrator):
         self.n_starts = n_starts
         self.max_iter = max_iter
         self.base = base
+        self.refine_tol = refine_tol
 
     @property
     def is_adaptive(self):
         """True: the nodes depend on the integrand, one set per point."""
         return True
 
-    def _rule(self, n_dims, n_nodes, *, dtype, device, generator, log_integrand):
+    def _rule(
+        self, n_dims, n_nodes, *, dtype, device, generator, log_integrand, warm_start
+    ):
         """Per-point nodes and log-weights on the posteriors of ``log_integrand``."""
         if log_integrand is None:
             raise ValueError(
@@ -285,54 +212,72 @@ class Adaptive(Integrator):
             )
         # Small dense linear algebra in float64, which MPS lacks.
         work = torch.device("cpu") if device.type == "mps" else device
-        posterior = _LogPosterior(log_integrand, dtype, device, work)
+        posterior = Posterior(log_integrand, dtype, device, work)
+        seed = _seed_from(generator)
+        budget = self._budget(n_nodes)
+        search = self._cached(
+            ("search", n_dims, self.n_search, seed, str(work)),
+            lambda: search_set(
+                _sobol_normal(n_dims, self.n_search, seed=seed).to(work)
+            ),
+        )
+        with torch.no_grad():
+            laplace = find_modes(
+                posterior,
+                search,
+                self.n_starts or 2 * self.n_modes,
+                budget.n_modes,
+                self.max_iter,
+                warm_start,
+            )
+        mixture = _Mixture.of(laplace, budget.prior_share)
+        prior = self._prior_nodes(n_dims, budget.n_prior, seed, dtype, work)
+        rule = self._staged_rule(posterior, mixture, prior, budget, seed)
+        modes = torch.where(laplace.present[..., None], laplace.mode, math.nan)
+        return rule._replace(
+            nodes=rule.nodes.to(dtype=dtype, device=device),
+            log_weights=rule.log_weights.to(dtype=dtype, device=device),
+            signs=None if rule.signs is None else rule.signs.to(dtype, device),
+            modes=modes,
+        )
 
-        n_modes, per_mode, prior_share = self._split_budget(n_nodes)
-        base = self._base_rule(n_dims, per_mode, generator, work)
-        n_prior = n_nodes - n_modes * base.n_nodes if prior_share > 0 else 0
-        if not n_prior:
-            prior_share = 0.0
-
-        laplace = self._find_modes(posterior, n_dims, n_modes, generator)
-        log_mix = torch.log_softmax(laplace.log_mass, dim=1)
-        if n_prior:
-            log_mix = log_mix + math.log1p(-prior_share)
-        z, log_w = _adapted_nodes(base, laplace, log_mix)
-        if n_prior:
-            z, log_w = _add_prior_nodes(z, log_w, n_prior, prior_share, generator)
-        # Weight the nodes the integrand will actually see (after rounding).
-        z = z.to(dtype).to(torch.float64)
-        log_q = _log_proposal(z, laplace, log_mix, prior_share)
-        log_w = log_w + _log_std_normal(z) - log_q
-
-        signs = None
-        if base.signs is not None:
-            signs = base.signs.repeat(n_modes)
-            signs = torch.cat([signs, signs.new_ones(n_prior)])
-            signs = signs.expand(z.shape[0], -1)
-        return Rule(z, log_w, signs).to(dtype, device)
-
-    def _split_budget(self, n_nodes):
-        """Components, base-rule budget per component and prior mixture weight."""
+    def _budget(self, n_nodes):
+        """Prior nodes, components, mode nodes and the prior's mixture weight."""
         reserve = -(-n_nodes // 8) if self.defensive > 0 else 0
         if n_nodes - reserve < 1:
             reserve = 0
         n_modes = min(self.n_modes, n_nodes - reserve)
-        prior_share = self.defensive if reserve else 0.0
-        return n_modes, (n_nodes - reserve) // n_modes, prior_share
+        share = self.defensive if reserve else 0.0
+        return _Budget(reserve, n_modes, n_nodes - reserve, share)
 
-    def _base_rule(self, n_dims, n_points, generator, work):
+    def _prior_nodes(self, n_dims, n_prior, seed, dtype, work):
+        """The defensive prior nodes, as the integrand will see them (rounded)."""
+        if not n_prior:
+            return torch.zeros(0, n_dims, dtype=torch.float64, device=work)
+        nodes = self._cached(
+            ("prior", n_dims, n_prior, seed, str(work)),
+            lambda: _sobol_normal(n_dims, n_prior, seed=seed + 1).to(work),
+        )
+        return nodes.to(dtype).to(torch.float64)
+
+    def _base_rule(self, n_dims, n_points, seed, work):
         """The rule mapped through each component (float64, on ``work``)."""
         base = self.base
         if base == "auto":
-            base = "gauss_hermite" if n_dims <= 3 else "sparse_grid"
+            base = "gauss_hermite" if n_dims <= _TENSOR_MAX_DIMS else "qmc"
         if base == "qmc":
-            return _sobol_rule(n_dims, n_points, generator).to(device=work)
-        if base == "sparse_grid":
+            key = ("base", base, n_dims, n_points, seed, str(work))
+
+            def build():
+                nodes = _sobol_normal(n_dims, n_points, seed=seed + 2)
+                return Rule(nodes, _uniform_log_weights(n_points))
+
+        elif base == "sparse_grid":
             key = ("base", base, n_dims, n_points, str(work))
-            build = functools.partial(
-                _sparse_grid_rule, "genz_keister", n_dims, n_points, self._cached
-            )
+
+            def build():
+                return _sparse_grid_rule("genz_keister", n_dims, n_points, self._cached)
+
         else:
             # An odd number of points per axis puts a node on the mode itself,
             # which keeps the mode's own mass when the posterior curves away
@@ -340,157 +285,210 @@ class Adaptive(Integrator):
             k = _integer_root(n_points, n_dims)
             k = max(1, k - 1 + k % 2)
             key = ("base", base, n_dims, k, str(work))
-            build = functools.partial(_tensor_gauss_hermite, n_dims, k)
+
+            def build():
+                return _tensor_gauss_hermite(n_dims, k)
+
         return self._cached(key, lambda: build().to(device=work))
 
-    def _find_modes(self, posterior, n_dims, n_modes, generator):
-        """The ``n_modes`` Laplace components of every point's posterior."""
-        search = _sobol_normal(n_dims, self.n_search, generator).to(posterior.work)
-        values = posterior.values(search[None])
-        starts = search[_local_maxima(search, values, self.n_starts or 2 * n_modes)]
-        z, value, eigenvalues, eigenvectors, converged = self._newton(posterior, starts)
+    def _probe_rule(self, n_dims, work):
+        """The small first rule (2 m + 1 nodes, degree 3, positive weights)."""
+        return self._cached(
+            ("probe", n_dims, str(work)),
+            lambda: _degree_three_rule(n_dims).to(device=work),
+        )
 
-        log_mass = value + 0.5 * n_dims * LOG_2PI - 0.5 * eigenvalues.log().sum(-1)
-        # A stalled start is no mode, and its Laplace "mass" can be far too large
-        # (a wide, wrong scale): it would swallow a true mode within its width.
-        # It only counts when none of the point's starts converged.
-        log_mass = torch.where(converged, log_mass, log_mass - _STALLED_PENALTY)
-        return _distinct_modes(z, eigenvalues, eigenvectors, log_mass, n_modes)
-
-    def _newton(self, posterior, z):
-        """Batched Newton ascent from starts z (B, S, m).
-
-        Returns the end points, their log-posterior values, the eigen-pairs of
-        the negated Hessian there (eigenvalues made positive), and whether each
-        start converged rather than stalled or ran out of iterations.
-        """
-        n_dims = z.shape[-1]
-        rounding = 8 * torch.finfo(posterior.dtype).eps
-        converged = torch.zeros(z.shape[:2], dtype=torch.bool, device=z.device)
-        for iteration in range(self.max_iter + 1):
-            value, grad, hess = posterior.derivatives(z)
-            eigenvalues, eigenvectors = _safe_precision(hess)
-            step = torch.einsum(
-                "bsij,bsj->bsi",
-                eigenvectors,
-                torch.einsum("bsji,bsj->bsi", eigenvectors, grad) / eigenvalues,
+    def _staged_rule(self, posterior, mixture, prior, budget, seed):
+        """The small rule where it is accurate, the whole budget elsewhere."""
+        n_dims, work = prior.shape[1], prior.device
+        prior_values = None
+        if len(prior):
+            prior_values = posterior.log_integrand(
+                prior.to(posterior.dtype).to(posterior.device)[None]
             )
-            tolerance = _NEWTON_TOL + rounding * (value.abs() + 1.0)
-            converged = (grad * step).sum(-1) <= tolerance
-            if iteration == self.max_iter or bool(converged.all()):
-                break
-            length = step.norm(dim=-1, keepdim=True)
-            step = step * (_MAX_STEP / length).clamp(max=1.0)
-            fractions = step.new_tensor(_STEP_FRACTIONS)
-            trials = z[:, :, None] + fractions[:, None] * step[:, :, None]
-            batch, n_starts = z.shape[:2]
-            trial_values = posterior.values(trials.reshape(batch, -1, n_dims))
-            trial_values = trial_values.reshape(batch, n_starts, -1)
-            best_value, best = trial_values.max(-1)
-            # Keep the current point unless a trial improves on it (monotone ascent).
-            improved = (best_value > value) & torch.isfinite(best_value)
-            if not bool(improved.any()):
-                break
-            index = best[..., None, None].expand(-1, -1, 1, n_dims)
-            z = torch.where(improved[..., None], trials.gather(2, index)[:, :, 0], z)
-        return z, value, eigenvalues, eigenvectors, converged
+        n_present = mixture.laplace.present.sum(1)
+        probe = self._probe_rule(n_dims, work)
+        full_size = self._base_rule(n_dims, budget.mode_nodes, seed, work).n_nodes
+        refine = torch.ones_like(n_present, dtype=torch.bool)
+        staged = None
+        fits = budget.n_modes * probe.n_nodes <= budget.mode_nodes
+        if self.refine_tol is not None and fits and probe.n_nodes < full_size:
+            staged = _evaluate(posterior, mixture, probe, prior, prior_values, refine)
+            refine = _needs_refinement(staged, self.refine_tol)
+        for n_components in range(1, budget.n_modes + 1):
+            rows = refine & (n_present == n_components)
+            if not bool(rows.any()):
+                continue
+            base = self._base_rule(
+                n_dims, budget.mode_nodes // n_components, seed, work
+            )
+            full = _evaluate(
+                posterior, mixture.take(n_components), base, prior, prior_values, rows
+            )
+            staged = full if staged is None else _merge(staged, full, rows)
+        return Rule(staged.nodes, staged.log_weights, staged.signs, staged.values)
 
 
-def _adapted_nodes(base, laplace, log_mix):
-    """Base nodes mapped through every component, z = mode + V diag(lam^-1/2) e.
+class _Budget(NamedTuple):
+    n_prior: int  # defensive prior nodes
+    n_modes: int  # Laplace components at most
+    mode_nodes: int  # nodes shared by the components of a point
+    prior_share: float  # a_0
 
-    Returns the nodes (B, C * K, m) and their log-weights before the balance
-    heuristic, ``log w + log a_c`` (B, C * K).
+    @property
+    def n_nodes(self):
+        return self.n_prior + self.mode_nodes
+
+
+class _Mixture(NamedTuple):
+    """The proposal Q = a_0 N(0, I) + sum_c a_c q_c of every point."""
+
+    laplace: object  # Laplace components (B, C)
+    log_mix: torch.Tensor  # (B, C) log a_c, -inf for empty slots
+    prior_share: float  # a_0
+
+    @classmethod
+    def of(cls, laplace, prior_share):
+        log_mix = torch.log_softmax(laplace.log_mass, dim=1)
+        if prior_share:
+            log_mix = log_mix + math.log1p(-prior_share)
+        return cls(laplace, log_mix, prior_share)
+
+    def take(self, n_components):
+        return _Mixture(
+            self.laplace.take(n_components),
+            self.log_mix[:, :n_components],
+            self.prior_share,
+        )
+
+    def log_density(self, z):
+        """log Q(z) for z (B, K, m): (B, K)."""
+        laplace = self.laplace
+        diff = z[:, :, None, :] - laplace.mode[:, None, :, :]
+        rotated = torch.einsum("bcji,bkcj->bkci", laplace.eigenvectors, diff)
+        log_q = (
+            -0.5 * (rotated**2 * laplace.eigenvalues[:, None]).sum(-1)
+            + 0.5 * laplace.eigenvalues.log().sum(-1)[:, None]
+            - 0.5 * z.shape[-1] * math.log(2.0 * math.pi)
+        )
+        components = [log_q + self.log_mix[:, None]]
+        if self.prior_share:
+            prior = _log_std_normal(z) + math.log(self.prior_share)
+            components.append(prior[..., None])
+        return torch.logsumexp(torch.cat(components, dim=-1), dim=-1)
+
+
+class _Staged(NamedTuple):
+    """A rule with the integrand's values, and what tells its nodes apart."""
+
+    nodes: torch.Tensor  # (B, K, m), float64
+    log_weights: torch.Tensor  # (B, K), -inf at unused nodes
+    signs: torch.Tensor | None  # (B, K)
+    values: torch.Tensor  # (B, K) log h at the nodes, 0 at unused ones
+    log_share: torch.Tensor  # (B, K) log(w a_c): the weight before the heuristic
+    is_prior: torch.Tensor  # (B, K) bool
+
+
+def _degree_three_rule(n_dims):
+    """Centre and +-a e_i, a^2 = max(3, m + 1), positive weights (float64, CPU).
+
+    Exact for polynomials of degree 3 (and for x_i^4 when a^2 = 3); in one
+    dimension it is the 3-point Gauss-Hermite rule.
     """
+    scale_sq = max(3.0, n_dims + 1.0)
+    axes = math.sqrt(scale_sq) * torch.eye(n_dims, dtype=torch.float64)
+    nodes = torch.cat([axes.new_zeros(1, n_dims), axes, -axes])
+    weights = torch.full((2 * n_dims + 1,), 0.5 / scale_sq, dtype=torch.float64)
+    weights[0] = 1.0 - n_dims / scale_sq
+    return Rule(nodes, weights.log())
+
+
+def _evaluate(posterior, mixture, base, prior, prior_values, rows):
+    """``base`` mapped through every component, the prior nodes, the balance
+    heuristic's weights and the integrand's values, for the points ``rows``."""
+    laplace = mixture.laplace
     scaled = base.nodes[None, None] * laplace.eigenvalues.rsqrt()[:, :, None, :]
     z = laplace.mode[:, :, None, :] + torch.einsum(
         "bcij,bckj->bcki", laplace.eigenvectors, scaled
     )
     batch, n_dims = z.shape[0], z.shape[-1]
-    log_w = (base.log_weights[None, None] + log_mix[:, :, None]).reshape(batch, -1)
-    return z.reshape(batch, -1, n_dims), log_w
-
-
-def _add_prior_nodes(z, log_w, n_prior, prior_share, generator):
-    """Append ``n_prior`` scrambled Sobol prior nodes shared by every point."""
-    batch, _, n_dims = z.shape
-    prior_nodes = _sobol_normal(n_dims, n_prior, generator).to(z.device)
-    z = torch.cat([z, prior_nodes.expand(batch, -1, -1)], dim=1)
-    prior_log_w = math.log(prior_share) - math.log(n_prior)
-    log_w = torch.cat([log_w, log_w.new_full((batch, n_prior), prior_log_w)], 1)
-    return z, log_w
-
-
-def _log_proposal(z, laplace, log_mix, prior_share):
-    """log Q(z) of the mixture of the Laplace components and the prior (B, K)."""
-    components = [_log_gaussian(z, laplace) + log_mix[:, None]]
-    if prior_share:
-        components.append((_log_std_normal(z) + math.log(prior_share))[..., None])
-    return torch.logsumexp(torch.cat(components, dim=-1), dim=-1)
-
-
-def _local_maxima(search, values, n_starts):
-    """Indices (B, n_starts) of starting nodes: the best discrete local maxima.
-
-    A search node is a local maximum of point b's values if it beats its 2 m
-    nearest neighbours in the search set; local maxima come first (by value),
-    then the remaining nodes by value.
-    """
-    n_search, n_dims = search.shape
-    n_neighbours = min(2 * n_dims, n_search - 1)
-    n_starts = min(n_starts, n_search)
-    if n_neighbours < 1:
-        return values.topk(n_starts, dim=1).indices
-    distance = torch.cdist(search, search)
-    distance.fill_diagonal_(float("inf"))
-    neighbours = distance.topk(n_neighbours, dim=1, largest=False).indices
-    values = torch.nan_to_num(values, nan=-math.inf)
-    is_max = values >= values[:, neighbours].amax(-1)
-    finite = torch.where(torch.isfinite(values), values, torch.zeros_like(values))
-    span = finite.amax(1, keepdim=True) - finite.amin(1, keepdim=True) + 1.0
-    return (values + is_max * span).topk(n_starts, dim=1).indices
-
-
-def _gather_slots(tensor, index):
-    """tensor[b, index[b, c], ...] for a (B, S, ...) tensor and (B, C) indices."""
-    index = index.reshape(index.shape + (1,) * (tensor.dim() - 2))
-    return tensor.gather(1, index.expand(index.shape[:2] + tensor.shape[2:]))
-
-
-def _distinct_modes(mode, eigenvalues, eigenvectors, log_mass, n_modes):
-    """The Laplace components of the ``n_modes`` most massive distinct modes.
-
-    When a point has fewer distinct modes, the most massive one fills the
-    remaining slots and the slots share its mass, which leaves the mixture
-    unchanged.
-    """
-    log_mass = torch.nan_to_num(log_mass, nan=-math.inf)
-    order = log_mass.argsort(dim=1, descending=True)
-    mode, eigenvalues, eigenvectors, log_mass = (
-        _gather_slots(t, order) for t in (mode, eigenvalues, eigenvectors, log_mass)
+    z = z.reshape(batch, -1, n_dims).to(posterior.dtype).to(torch.float64)
+    log_share = (base.log_weights[None, None] + mixture.log_mix[:, :, None]).reshape(
+        batch, -1
     )
-
-    # Squared distance between end points s and t in the metric of t (the
-    # more massive one when t < s).
-    diff = mode[:, :, None, :] - mode[:, None, :, :]
-    rotated = torch.einsum("btji,bstj->bsti", eigenvectors, diff)
-    close = (rotated**2 * eigenvalues[:, None]).sum(-1) < _SAME_MODE
-    n_found = mode.shape[1]
-    keep = torch.ones_like(log_mass, dtype=torch.bool)
-    for s in range(1, n_found):
-        keep[:, s] = ~(close[:, s, :s] & keep[:, :s]).any(-1)
-
-    key = torch.where(keep, log_mass, torch.full_like(log_mass, -math.inf))
-    if n_found < n_modes:
-        key = torch.cat(
-            [key, key.new_full((key.shape[0], n_modes - n_found), -math.inf)], 1
+    used = torch.isfinite(log_share) & rows[:, None]
+    values = posterior.integrand_values(z, used)
+    n_prior = len(prior)
+    if n_prior:
+        z = torch.cat([z, prior.expand(batch, -1, -1)], dim=1)
+        prior_share = math.log(mixture.prior_share) - math.log(n_prior)
+        log_share = torch.cat(
+            [log_share, log_share.new_full((batch, n_prior), prior_share)], 1
         )
-    top_value, slot = key.topk(n_modes, dim=1)
-    slot = torch.where(torch.isfinite(top_value), slot, torch.zeros_like(slot))
-    multiplicity = (slot[:, :, None] == slot[:, None, :]).sum(-1)
-    return _Laplace(
-        _gather_slots(mode, slot),
-        _gather_slots(eigenvalues, slot),
-        _gather_slots(eigenvectors, slot),
-        _gather_slots(log_mass, slot) - multiplicity.log(),
+        values = torch.cat([values, prior_values.to(values.dtype)], dim=1)
+    log_weights = log_share + _log_std_normal(z) - mixture.log_density(z)
+    log_weights = torch.where(torch.isfinite(log_share), log_weights, -math.inf)
+    signs = None
+    if base.signs is not None:
+        signs = torch.cat(
+            [base.signs.repeat(laplace.mode.shape[1]), base.signs.new_ones(n_prior)]
+        )
+        signs = signs.expand(batch, -1)
+    is_prior = torch.arange(z.shape[1], device=z.device) >= z.shape[1] - n_prior
+    return _Staged(z, log_weights, signs, values, log_share, is_prior.expand(batch, -1))
+
+
+def _needs_refinement(staged, tol):
+    """(B,) points whose log-ratios h N / Q at the nodes stray from their estimate.
+
+    At a component's node the ratio should equal the estimate of the
+    integral (more than ``tol`` nats off either way: not Gaussian enough);
+    at a prior node it should not exceed it (mass the components miss).
+    """
+    with torch.no_grad():
+        terms = staged.log_weights.to(torch.float64) + staged.values.to(torch.float64)
+        log_p = torch.logsumexp(terms, dim=1, keepdim=True)
+        used = torch.isfinite(staged.log_share)
+        ratio = torch.where(used, terms - staged.log_share - log_p, 0.0)
+        ratio = torch.nan_to_num(ratio, nan=math.inf, posinf=math.inf, neginf=-math.inf)
+        too_far = torch.where(staged.is_prior, ratio, ratio.abs()) > tol
+        return (too_far & used).any(1) | ~torch.isfinite(log_p[:, 0])
+
+
+def _merge(staged, other, rows):
+    """``other`` for the points ``rows``, ``staged`` for the rest (padded)."""
+    width = max(staged.nodes.shape[1], other.nodes.shape[1])
+    first, second = (_pad(s, width) for s in (staged, other))
+    merged = _Staged(
+        *(
+            torch.where(rows.reshape((-1,) + (1,) * (a.dim() - 1)), b.to(a.dtype), a)
+            for a, b in zip(first, second)
+        )
+    )
+    if staged.signs is None and other.signs is None:
+        merged = merged._replace(signs=None)
+    return merged
+
+
+def _pad(staged, width):
+    """Append unused nodes (weight 0) up to ``width``; signs made explicit."""
+    batch, n_nodes = staged.log_weights.shape
+    signs = staged.signs
+    if signs is None:
+        signs = staged.log_weights.new_ones(batch, n_nodes)
+    extra = width - n_nodes
+    if not extra:
+        return staged._replace(signs=signs)
+
+    def grow(t, fill):
+        pad = t.new_full((batch, extra, *t.shape[2:]), fill)
+        return torch.cat([t, pad], dim=1)
+
+    return _Staged(
+        grow(staged.nodes, 0.0),
+        grow(staged.log_weights, -math.inf),
+        grow(signs, 1.0),
+        grow(staged.values, 0.0),
+        grow(staged.log_share, -math.inf),
+        grow(staged.is_prior, False),
     )

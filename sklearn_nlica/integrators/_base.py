@@ -33,6 +33,14 @@ class Rule(NamedTuple):
         Logarithms of the absolute weights.
     signs : Tensor of shape (K,) or (B, K), or None
         Signs (+1 or -1) of the weights; None when every weight is positive.
+    values : Tensor of shape (B, K) or None
+        The log-integrand at the nodes, when the rule had to evaluate it
+        (adaptive rules do), as ``log_integrand`` returned it (with its graph
+        when grad mode was on); 0 at nodes of zero weight. None otherwise.
+    modes : Tensor of shape (B, C, m) or None
+        The posterior modes an adaptive rule placed its nodes on (NaN in
+        unused slots), in float64: a ``warm_start`` for the next rule of the
+        same points. None for other rules.
 
     Examples
     --------
@@ -47,6 +55,8 @@ class Rule(NamedTuple):
     nodes: torch.Tensor
     log_weights: torch.Tensor
     signs: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+    modes: torch.Tensor | None = None
 
     @property
     def shared(self):
@@ -71,14 +81,22 @@ class Rule(NamedTuple):
         Returns
         -------
         rule : Rule
+            ``values`` and ``modes`` keep their dtype (only their device
+            changes).
         """
         signs = (
             None if self.signs is None else self.signs.to(dtype=dtype, device=device)
+        )
+        values, modes = (
+            None if t is None else t.to(device=device)
+            for t in (self.values, self.modes)
         )
         return Rule(
             self.nodes.to(dtype=dtype, device=device),
             self.log_weights.to(dtype=dtype, device=device),
             signs,
+            values,
+            modes,
         )
 
     def signed_weights(self):
@@ -181,9 +199,10 @@ class Integrator(BaseEstimator):
     their constraints in ``_parameter_constraints`` and implement
     ``_build(n_dims, n_nodes, generator)``, which returns a float64 CPU
     :class:`Rule`; rules that depend on the integrand override
-    ``_rule(n_dims, n_nodes, *, dtype, device, generator, log_integrand)``
-    instead. :meth:`rule` checks the sizes, validates the parameters (at its
-    first call and after each :meth:`set_params`) and dispatches to ``_rule``.
+    ``_rule(n_dims, n_nodes, *, dtype, device, generator, log_integrand,
+    warm_start)`` instead. :meth:`rule` checks the sizes, validates the
+    parameters (at its first call and after each :meth:`set_params`) and
+    dispatches to ``_rule``.
 
     Deterministic rules set ``_deterministic = True``: their rules are then
     built once per (n_dims, n_nodes, dtype, device) and kept in the instance's
@@ -210,6 +229,7 @@ class Integrator(BaseEstimator):
         device="cpu",
         generator=None,
         log_integrand=None,
+        warm_start=None,
     ):
         """Nodes and log-weights approximating an expectation over N(0, I_m).
 
@@ -235,6 +255,10 @@ class Integrator(BaseEstimator):
         log_integrand : callable or None, default=None
             Required by adaptive rules and ignored by the others, see
             :class:`Adaptive`.
+        warm_start : Tensor of shape (B, C, m) or None, default=None
+            Adaptive rules: the modes of an earlier rule for the same points
+            (its ``Rule.modes``), from which the modes are refined instead of
+            searched for; NaN rows have none. Ignored by the other rules.
 
         Returns
         -------
@@ -261,9 +285,12 @@ class Integrator(BaseEstimator):
             device=torch.device(device),
             generator=generator,
             log_integrand=log_integrand,
+            warm_start=warm_start,
         )
 
-    def _rule(self, n_dims, n_nodes, *, dtype, device, generator, log_integrand):
+    def _rule(
+        self, n_dims, n_nodes, *, dtype, device, generator, log_integrand, warm_start
+    ):
         """The rule for checked sizes and parameters (prior rules: no integrand)."""
         if not self._deterministic:
             return self._build(n_dims, n_nodes, generator).to(dtype, device)
@@ -362,9 +389,11 @@ def _seed_from(generator):
     return int(torch.randint(0, 2**62, (), generator=generator))
 
 
-def _sobol_normal(n_dims, n_points, generator):
-    """Scrambled Sobol points mapped to N(0, I) (float64, CPU)."""
-    engine = SobolEngine(n_dims, scramble=True, seed=_seed_from(generator))
+def _sobol_normal(n_dims, n_points, generator=None, *, seed=None):
+    """Scrambled Sobol points mapped to N(0, I) (float64, CPU); the scrambling
+    is drawn from ``generator`` unless a ``seed`` is given."""
+    seed = _seed_from(generator) if seed is None else seed
+    engine = SobolEngine(n_dims, scramble=True, seed=seed)
     u = engine.draw(n_points, dtype=torch.float64)
     # torch's Sobol points are multiples of 2**-MAXBIT and may be exactly 0;
     # shifting by half a unit keeps them inside (0, 1) for the normal quantile.
