@@ -118,8 +118,8 @@ def main(argv=None):
     parser.add_argument(
         "--vae-max-iter",
         type=int,
-        default=30,
-        help="epochs of the VAEICA baseline (same budget as the iVAE)",
+        default=200,
+        help="max_iter of the VAEICA baseline (default: its default)",
     )
     parser.add_argument(
         "--contrastive-weight",
@@ -174,14 +174,14 @@ def main(argv=None):
         )
         scores, elbos = [], []
         for model_seed in args.model_seeds:
-            start = time.perf_counter()
+            start = time.process_time()
             try:
                 model = IdentifiableVAE(m, random_state=model_seed, **params).fit(X, U)
             except FloatingPointError:
                 diverged += 1
                 scores.append(float("nan"))
                 continue
-            times.append(time.perf_counter() - start)
+            times.append(time.process_time() - start)
             elbo = model.score(X, U)
             Z = model.transform(X)
             if not (np.isfinite(elbo) and np.isfinite(Z).all()):
@@ -226,15 +226,16 @@ def main(argv=None):
         )
     )
     print(
-        f"wall time per iVAE fit: median {statistics.median(times):.1f} s, "
-        f"max {max(times):.1f} s; diverged fits: {diverged} of {len(all_fits)}"
+        f"CPU time per iVAE fit: min {min(times):.1f} s, median "
+        f"{statistics.median(times):.1f} s, max {max(times):.1f} s; "
+        f"diverged fits: {diverged} of {len(all_fits)}"
     )
     checks = {
         "median >= 0.9": med >= 0.9,
         "no data seed below 0.8": min(per_data) >= 0.8,
         "median >= VAEICA + 0.15": med >= med_vae + 0.15,
         "no divergence": diverged == 0,
-        "fit < 30 s": max(times) < 30,
+        "fit <= 15 CPU s": max(times) <= 15,
     }
     print(
         "acceptance: "

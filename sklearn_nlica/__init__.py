@@ -7,8 +7,9 @@ one training core built on skorch and PyTorch.
 
 from ._ivae import IdentifiableVAE
 from ._mle import NonlinearICAMLE
+from ._schedules import torch_threads
 from ._vae import VAEICA
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["VAEICA", "IdentifiableVAE", "NonlinearICAMLE"]
+__all__ = ["VAEICA", "IdentifiableVAE", "NonlinearICAMLE", "torch_threads"]

@@ -31,6 +31,7 @@ from skorch.callbacks import Callback
 
 from ._fitting import FitMixin, as_tensor
 from ._nn import ACTIVATIONS
+from ._schedules import thread_policy
 from ._training import draw_seed, seeded
 from ._validation import NotBoolInterval, check_finite_range
 from .integrators import INTEGRATORS
@@ -191,9 +192,12 @@ class LatentVariableModel(
             dtype=[np.float64, np.float32],
             ensure_min_samples=2 if reset else 1,
         )
-        # Fitting computes in X's dtype, a fitted model in its own.
-        dtype = X.dtype if reset else self._numpy_dtype
+        # Values must stay finite in the precision the model computes in.
+        dtype = self._numpy_training_dtype(X) if reset else self._numpy_dtype
         return check_finite_range(X, dtype)
+
+    def _numpy_training_dtype(self, X):
+        return np.float32 if self._training_dtype(X) == torch.float32 else np.float64
 
     @property
     def _numpy_dtype(self):
@@ -264,7 +268,7 @@ class LatentVariableModel(
         was_training = module.training
         module.eval()
         out = []
-        with torch.no_grad():
+        with torch.no_grad(), thread_policy(device):
             for start in range(0, X.shape[0], rows):
                 x = torch.tensor(X[start : start + rows], dtype=dtype, device=device)
                 part = {k: v[start : start + rows] for k, v in extras.items()}

@@ -17,6 +17,7 @@ from sklearn.utils import check_random_state
 from skorch.utils import noop
 
 from ._densities import MIN_VARIANCE
+from ._schedules import thread_policy
 from ._training import (
     EarlyStoppingAfter,
     EpochProgressBar,
@@ -50,8 +51,8 @@ class FitMixin:
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-            Observations. float32 input is trained in float32, anything else
-            in float64.
+            Observations, trained in the estimator's precision (float32 for
+            the VAEs; the input's, float32 or float64, for the MLE).
         y : array-like of shape (n_samples,) or (n_samples, k), default=None
             The auxiliary variable u of a conditional model (required by
             :class:`~sklearn_nlica.IdentifiableVAE`: class labels or
@@ -105,7 +106,9 @@ class FitMixin:
         X = self._validate_X(X, reset=True)
         self._check_fit_settings(*X.shape)
         if self.noise_variance is not None:
-            check_noise_variance(self.noise_variance, X.dtype, MIN_VARIANCE)
+            check_noise_variance(
+                self.noise_variance, self._numpy_training_dtype(X), MIN_VARIANCE
+            )
         encoding, condition = self._fit_condition(y, X.shape[0])
         rng = check_random_state(self.random_state)
         seeds = [draw_seed(rng) for _ in range(self.n_init)]
@@ -115,13 +118,15 @@ class FitMixin:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 net = self._train(X, condition, seed, encoding, epochs)
-            objective = -float(net.history[-1, "train_loss"])
+            objective = _final_objective(net.history)
             if best is None or objective > best[0]:
                 best = (objective, net, seed, caught)
             if getattr(net, "interrupted_", False):
                 break
         _, net, self._seed, caught = best
         self._encoding = encoding
+        # A model trained in float32 evaluates in the input's precision.
+        net.module_.to(_input_dtype(X))
         return net, caught
 
     def _continue(self, X, y, epochs):
@@ -129,24 +134,27 @@ class FitMixin:
         X = self._validate_X(X, reset=False)
         condition = self._condition(y, X.shape[0])
         net = copy.deepcopy(self.net_)
-        dtype = next(net.module_.parameters()).dtype
+        evaluation = next(net.module_.parameters()).dtype
+        dtype = self._training_dtype(X)
+        net.module_.to(dtype)
         device = torch.device(net.device)
         seed = (self._seed + len(net.history)) % np.iinfo(np.int32).max
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            with seeded(seed, device):
+            with seeded(seed, device), thread_policy(device):
                 data = _tensor_data(X, condition, dtype, device)
                 self._run(net, data, epochs)
+        net.module_.to(evaluation)
         return net, caught
 
     def _train(self, X, condition, seed, encoding, epochs):
         """One training run from ``seed``: the fitted skorch net."""
         device = resolve_device(self.device)
-        dtype = torch.float32 if X.dtype == np.float32 else torch.float64
+        dtype = self._training_dtype(X)
         split = HoldOut(self.validation_fraction) if self.early_stopping else None
         n_train = X.shape[0] - (split.n_valid(X.shape[0]) if split else 0)
         batch_size = self._batch_size(X.shape[0])
-        with seeded(seed, device):
+        with seeded(seed, device), thread_policy(device):
             data = _tensor_data(X, condition, dtype, device)
             module = self._build_module(
                 data.x, seed=seed, encoding=encoding, **data.extras
@@ -156,7 +164,7 @@ class FitMixin:
                 module,
                 optimizer=torch.optim.Adam,
                 lr=self.learning_rate_init,
-                max_epochs=self.max_iter,
+                max_epochs=epochs,
                 batch_size=batch_size,
                 iterator_train=TensorBatches,
                 iterator_train__shuffle=True,
@@ -173,7 +181,10 @@ class FitMixin:
                 warnings.simplefilter("ignore", UserWarning)
                 net.initialize()
             net.warm_epochs_ = plan.warm_epochs
-            self._run(net, data, epochs)
+            # The recipe's planned epochs (inf: max_iter is the only limit).
+            net.planned_epochs_ = plan.planned_epochs or np.inf
+            net.monitor_ = self._monitor(plan)
+            self._run(net, data, min(epochs, net.planned_epochs_))
         return net
 
     def _run(self, net, data, epochs):
@@ -203,11 +214,24 @@ class FitMixin:
         # A private copy: rules cache their nodes, the user's object stays as given.
         return clone(get_integrator(self.integrator))
 
+    # The torch dtype of every training run (None: float32 for float32 input,
+    # else float64); evaluation always follows the input.
+    _training_precision = None
+
+    def _training_dtype(self, X):
+        """The torch dtype of training."""
+        return self._training_precision or _input_dtype(X)
+
+    def _monitor(self, plan):
+        """The history key that stopping reads (lower is better)."""
+        if plan.monitor is not None:
+            return f"valid_{plan.monitor}" if self.early_stopping else plan.monitor
+        return "valid_loss" if self.early_stopping else "train_loss"
+
     def _callbacks(self, plan, X):
-        monitor = "valid_loss" if self.early_stopping else "train_loss"
         early_stopping = EarlyStoppingAfter(
             plan.warm_epochs,
-            monitor=monitor,
+            monitor=self._monitor(plan),
             patience=self.n_iter_no_change,
             threshold=self.tol,
             threshold_mode="abs",
@@ -231,7 +255,7 @@ class FitMixin:
         centre = np.abs(np.nanmean(X, axis=0)) if X.size else np.zeros(1)
         if spread.max() > 1e3 or spread.min() < 1e-3 or centre.max() > 1e3:
             tips.append("standardise X (e.g. with StandardScaler)")
-        if X.dtype == np.float32:
+        if X.dtype == np.float32 and self._training_precision is None:
             tips.append("use float64 input")
         if self.noise_variance is not None:
             tips.append(
@@ -245,24 +269,41 @@ class FitMixin:
         self.n_iter_ = len(history)
         self.loss_curve_ = [float(v) for v in history[:, "train_loss"]]
         if self.early_stopping:
-            self.validation_scores_ = [-float(v) for v in history[:, "valid_loss"]]
+            # The monitored held-out ELBO where the recipe records one.
+            key = "valid_score_loss" if "valid_score" in history[-1] else "valid_loss"
+            self.validation_scores_ = [-float(v) for v in history[:, key]]
             self.best_validation_score_ = max(self.validation_scores_)
             self.best_loss_ = None
         else:
             self.validation_scores_ = None
             self.best_validation_score_ = None
             self.best_loss_ = min(self.loss_curve_)
-        monitor = "valid_loss" if self.early_stopping else "train_loss"
-        if check_convergence and not converged(
-            history[:, monitor], self.n_iter_no_change, self.tol, net.warm_epochs_
+        # Warn only when max_iter cut the fit short of its plan, unconverged.
+        planned = getattr(net, "planned_epochs_", np.inf)
+        short = check_convergence and planned > net.epochs_run_
+        if short and not converged(
+            history[:, net.monitor_], self.n_iter_no_change, self.tol, net.warm_epochs_
         ):
+            plan = f" (its schedule plans {planned})" if np.isfinite(planned) else ""
             warnings.warn(
                 f"{type(self).__name__} reached max_iter={self.max_iter} epochs "
-                "without converging; increase max_iter, or continue with "
+                f"without converging{plan}; increase max_iter, or continue with "
                 "warm_start=True.",
                 ConvergenceWarning,
                 stacklevel=5,
             )
+
+
+def _input_dtype(X):
+    """float32 for float32 input, else float64 (as a torch dtype)."""
+    return torch.float32 if X.dtype == np.float32 else torch.float64
+
+
+def _final_objective(history):
+    """What restarts compare: the monitored score (the ELBO on fixed rows)
+    where the recipe records one, else minus the last training loss."""
+    row = history[-1]
+    return float(row["score"]) if "score" in row else -float(row["train_loss"])
 
 
 def _tensor_data(X, condition, dtype, device):

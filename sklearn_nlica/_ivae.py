@@ -19,7 +19,8 @@ from ._nn import (
     GaussianEncoder,
     initial_noise_variance,
 )
-from ._training import KLWarmup, TrainingPlan, cosine_schedule, linear_warm_start
+from ._schedules import SCHEDULE_STEPS, scheduled_plan
+from ._training import KLWarmup, linear_warm_start
 from ._validation import NotBoolInterval
 from .integrators import QMC, MonteCarlo
 
@@ -36,19 +37,15 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
 
     the exponential family with sufficient statistics (z, z^2) whose
     identifiability theory recovers the sources up to permutation and
-    scaling when u moves the sources' means and variances enough. The
-    natural parameters are a table indexed by the class of a discrete u, or
-    an MLP of a continuous u. An MLP encoder q(z | x) (or q(z | x, u), see
-    ``conditional_encoder``) is trained with the decoder and the prior on
-    the evidence lower bound of log p(x | u)::
-
-        ELBO(x, u) = E_q[log p(x | z)] - KL(q(z | x) || p(z | u)),
-
-    with the reparameterisation for the first term and the KL in closed
-    form, plus a discriminative term (``contrastive_weight``, see the
-    notes). ``fit(X, y)`` takes u as ``y``; :meth:`transform` is the
-    posterior mean, which needs no u with the default encoder, so the
-    estimator works in any :class:`~sklearn.pipeline.Pipeline`.
+    scaling when u moves the sources' means and variances enough; its
+    parameters are a table indexed by the class of a discrete u, or an MLP
+    of a continuous u. An MLP encoder q(z | x) (or q(z | x, u)) is trained
+    with the decoder and the prior on the evidence lower bound
+    ``ELBO(x, u) = E_q[log p(x | z)] - KL(q(z | x) || p(z | u))`` (the
+    reparameterisation, a closed-form KL) plus a discriminative term (see
+    the notes). ``fit(X, y)`` takes u as ``y``; :meth:`transform`, the
+    posterior mean, needs no u with the default encoder, so the estimator
+    works in any :class:`~sklearn.pipeline.Pipeline`.
 
     Parameters
     ----------
@@ -59,8 +56,8 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
         linear model.
     activation : {"relu", "leaky_relu", "tanh", "sigmoid", "gelu", "identity"}, \
             default="leaky_relu"
-        Hidden-layer nonlinearity (leaky ReLU has slope 0.2), also used by
-        the prior network of a continuous u.
+        Hidden-layer nonlinearity (leaky ReLU has slope 0.2), also of the
+        prior network of a continuous u.
     noise_variance : float or None, default=None
         Decoder noise variance sigma^2: None sets it to the ELBO's maximiser
         (the batch's mean squared reconstruction error per feature) at each
@@ -98,10 +95,11 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
         Nodes per sample for the reconstruction term during training.
     n_nodes : int, default=256
         Nodes per sample at evaluation (:meth:`score_samples`).
-    linear_warm_start : int, default=10
-        Epochs at the start of training during which only the linear parts
-        of the (then residual) encoder and decoder, the prior and the noise
-        move. 0 trains plain MLPs from the start. Ignored for a linear model.
+    linear_warm_start : float in [0, 1) or int, default=1/3
+        The start of training during which only the linear parts of the
+        (then residual) encoder and decoder, the prior and the noise move: a
+        float is a share of the scheduled epochs, an int a number of epochs.
+        0 trains plain MLPs from the start. Ignored for a linear model.
     contrastive_weight : float, default=20.0
         Weight of log p(u | z) at the posterior mean in the training
         objective (see the notes); 0 trains on the plain ELBO. A
@@ -109,32 +107,29 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
         frequencies as p(u)); a continuous u among the batch's rows (the
         InfoNCE estimate), which needs ``batch_size`` of 2 or more.
     kl_warmup : float, default=0
-        Epochs over which the weight of the KL term rises linearly from 0 to
-        1 (KL annealing). The objective is the ELBO from then on; 0 trains
-        on the ELBO throughout.
+        Epochs over which the KL term's weight rises linearly from 0 to 1
+        (KL annealing); 0 trains on the ELBO throughout.
     n_init : int, default=1
-        Number of initialisations; the one with the best final training
-        objective (the ELBO plus the contrastive term) is kept.
+        Initialisations; the one of best final monitored ELBO is kept.
     learning_rate_schedule : {"cosine", "constant"}, default="cosine"
-        ``"cosine"`` decays Adam's learning rate from ``learning_rate_init``
-        to 0 over ``max_iter`` epochs, step by step.
+        As in :class:`VAEICA`: ``"cosine"`` decays the rate to 0 over about
+        4,800 steps, ``"constant"`` keeps it for up to ``max_iter`` epochs.
     max_grad_norm : float or None, default=100.0
-        Clip the gradient's Euclidean norm to this value at every step (None:
-        no clipping).
-    max_iter : int, default=30
+        Clip the gradient's norm to this value at every step (None: never).
+    max_iter : int, default=200
         Maximum number of epochs.
     tol : float, default=1e-4
-        Minimum improvement of the loss (nats per sample) that counts.
+        Minimum improvement of the monitored ELBO (nats per sample; as in
+        :class:`VAEICA`) that counts.
     n_iter_no_change : int, default=10
-        Stop after this many epochs without a ``tol`` improvement of the
-        training loss (or of the validation loss with ``early_stopping``),
-        counted from the end of the warm starts.
+        Stop after this many epochs without a ``tol`` improvement, counted
+        from the end of the warm starts and the schedule's first half.
     early_stopping : bool, default=False
-        Hold out ``validation_fraction`` of the data, stop on its loss and
-        restore the best epoch's weights.
+        Hold out ``validation_fraction`` of the data, stop on its ELBO, keep
+        the best epoch.
     validation_fraction : float, default=0.1
         Share of the data held out for early stopping.
-    batch_size : int or "auto", default=256
+    batch_size : int or "auto", default="auto"
         Mini-batch size; "auto" is ``min(200, n_samples)``.
     learning_rate_init : float, default=1e-2
         Adam's (initial) learning rate.
@@ -175,13 +170,12 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
     n_iter_ : int
         Number of epochs run.
     loss_curve_ : list of float
-        Training loss of each epoch: minus the mean training objective,
-        nats per sample (the ELBO plus the contrastive term, with the KL
-        weighted during a KL warm-up).
+        Minus the mean training objective of each epoch (the ELBO plus the
+        contrastive term, the KL weighted during a KL warm-up), nats/sample.
     best_loss_ : float or None
         Smallest training loss (None with ``early_stopping``).
     validation_scores_ : list of float or None
-        Held-out mean objective of each epoch (with ``early_stopping``).
+        Held-out ELBO per epoch on the monitored rows (``early_stopping``).
     best_validation_score_ : float or None
         Best of ``validation_scores_``.
     n_features_in_ : int
@@ -197,21 +191,19 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
     Notes
     -----
     The defaults are a training recipe (the evidence is in the user guide's
-    page "How the defaults were chosen"): a full-covariance posterior, whose
-    ELBO does not favour decoders with orthogonal Jacobian columns over the
-    sources; sigma^2 set at every step to the batch's maximiser of the ELBO;
-    independent reparameterisation noise for each row of a batch; a linear
-    warm start (residual networks whose MLP branches, starting at zero, stay
-    frozen for ``linear_warm_start`` epochs: linear ICA by nonstationarity
-    first); Adam with a cosine learning-rate decay and gradient clipping; and
-    the training objective ``ELBO(x, u) + contrastive_weight * log p(u |
-    E_q[z])``, where p(u | z) is the model's own prior turned into a
-    classifier of u by Bayes' rule, the hybrid objective of [2]_ with the
-    classifier of [3]_. Both terms are maximised by the generating model on
-    infinite noiseless data. :meth:`score` stays the plain ELBO. Too weak a
-    contrastive weight leaves some fits at a mixed solution, too strong a one
-    can fold a source (a latent follows ``|s|``); both lower the ELBO, which
-    ``n_init`` > 1 uses to select.
+    page "How the defaults were chosen"): a full-covariance posterior;
+    sigma^2 set at every step to the batch's maximiser of the ELBO;
+    independent reparameterisation noise for each row; a linear warm start
+    (residual networks whose MLP branches, starting at zero, stay frozen at
+    first: linear ICA by nonstationarity first); Adam with a cosine
+    learning-rate decay and gradient clipping; float32 training (scores in
+    the input's precision); and the training objective ``ELBO(x, u) +
+    contrastive_weight * log p(u | E_q[z])``, where p(u | z) is the model's
+    own prior turned into a classifier of u by Bayes' rule, the hybrid
+    objective of [2]_ with the classifier of [3]_. :meth:`score` stays the
+    plain ELBO. Too weak a contrastive weight leaves some fits mixed, too
+    strong a one can fold a source (a latent follows ``|s|``); both lower
+    the ELBO, which ``n_init`` > 1 uses to select.
 
     References
     ----------
@@ -248,7 +240,10 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
         "n_mc_samples": [NotBoolInterval(Integral, 1, None, closed="left")],
         "kl_warmup": [NotBoolInterval(Real, 0, None, closed="left")],
         "contrastive_weight": [NotBoolInterval(Real, 0, None, closed="left")],
-        "linear_warm_start": [NotBoolInterval(Integral, 0, None, closed="left")],
+        "linear_warm_start": [
+            NotBoolInterval(Integral, 0, None, closed="left"),
+            NotBoolInterval(Real, 0, 1, closed="left"),
+        ],
         "learning_rate_schedule": [StrOptions({"constant", "cosine"})],
         "max_grad_norm": [None, NotBoolInterval(Real, 0, None, closed="neither")],
     }
@@ -269,17 +264,17 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
         n_mc_samples=1,
         n_nodes=256,
         contrastive_weight=20.0,
-        linear_warm_start=10,
+        linear_warm_start=1 / 3,
         kl_warmup=0,
         n_init=1,
         learning_rate_schedule="cosine",
         max_grad_norm=100.0,
-        max_iter=30,
+        max_iter=200,
         tol=1e-4,
         n_iter_no_change=10,
         early_stopping=False,
         validation_fraction=0.1,
-        batch_size=256,
+        batch_size="auto",
         learning_rate_init=1e-2,
         device="cpu",
         random_state=None,
@@ -323,6 +318,7 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
     _requires_y = True
     _node_budgets = ("n_mc_samples", "n_nodes")
     _injective = True
+    _training_precision = torch.float32
 
     # ---- the auxiliary variable (the base's conditioning hook) -----------------
 
@@ -392,20 +388,27 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
         return ConditionalPrior(self.n_components, family=self.prior, **shape)
 
     def _training_plan(self, module, n_batches):
-        callbacks, warm = [], math.ceil(self.kl_warmup)
+        plan, epochs = scheduled_plan(
+            module,
+            n_batches,
+            SCHEDULE_STEPS,
+            self.max_iter,
+            self.learning_rate_schedule,
+        )
+        warm = max(plan.warm_epochs, math.ceil(self.kl_warmup))
         if module.nonlinear_parameters():
-            callbacks += linear_warm_start(module, self.linear_warm_start)
-            warm = max(warm, self.linear_warm_start)
+            share = self.linear_warm_start
+            n_linear = share if isinstance(share, Integral) else round(share * epochs)
+            plan.callbacks += linear_warm_start(module, n_linear)
+            warm = max(warm, n_linear)
         if self.kl_warmup > 0:
             n_steps = max(1, round(self.kl_warmup * n_batches))
-            callbacks.append(("kl_warmup", KLWarmup(n_steps)))
-        if self.learning_rate_schedule == "cosine":
-            schedule = cosine_schedule(self.max_iter * n_batches)
-            callbacks.append(("lr_schedule", schedule))
+            plan.callbacks.append(("kl_warmup", KLWarmup(n_steps)))
         if self.max_grad_norm is not None:
             clip = GradientNormClipping(gradient_clip_value=self.max_grad_norm)
-            callbacks.append(("gradient_clipping", clip))
-        return TrainingPlan(callbacks=callbacks, warm_epochs=warm)
+            plan.callbacks.append(("gradient_clipping", clip))
+        plan.warm_epochs = warm
+        return plan
 
     # ---- the fitted model, given u or not ---------------------------------------
 
@@ -430,11 +433,10 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
     def score_samples(self, X, y=None):
         """Per-sample ELBO, in nats.
 
-        With u, the ELBO of log p(x | u) with the closed-form KL. Without
-        u (e.g. inside scikit-learn tools that pass X alone), the bound
-        ``log sum_u p(u) exp(ELBO(x, u)) <= log p(x)`` under the training
-        distribution of u: the class shares of a discrete u, or 256 stored
-        training rows of a continuous one. Deterministic: ``n_nodes`` nodes
+        With u, the ELBO of log p(x | u). Without u (as scikit-learn tools
+        call it), ``log sum_u p(u) exp(ELBO(x, u)) <= log p(x)`` over the
+        training distribution of u (the class shares of a discrete u, 256
+        stored rows of a continuous one). Deterministic: ``n_nodes`` nodes
         fixed by ``random_state``, shared by every row.
 
         Parameters
@@ -452,12 +454,10 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
     def log_likelihood(self, X, y=None, n_samples=None):
         """Importance-weighted estimate of log p(x | u) per sample.
 
-        ``log p(x | u) ~ logsumexp_j [log w_j + log p(x, z_j | u) - log q(z_j)]``
-        with nodes z_j from the encoder's posterior (the proposal) and the
-        estimator's integrator; for random rules this is the importance
-        weighted bound, which rises towards log p(x | u) with ``n_samples``.
-        Without u, the same mixture over the training distribution of u as
-        :meth:`score_samples` gives an estimate of log p(x).
+        ``logsumexp_j [log w_j + log p(x, z_j | u) - log q(z_j)]`` with nodes
+        z_j from the encoder's posterior (the proposal): for random rules the
+        importance weighted bound, rising towards log p(x | u) with
+        ``n_samples``. Without u, mixed over u as in :meth:`score_samples`.
 
         Parameters
         ----------

@@ -71,20 +71,52 @@ def _expect(values, weights):
     return values @ weights if weights.dim() == 1 else (values * weights).sum(-1)
 
 
+def training_rule(integrator, n_components, n_nodes, x, independent_rows):
+    """A fresh rule for a training step: shared by the batch's rows, or with
+    ``independent_rows`` one shifted copy per row (``Rule.shift_rows``)."""
+    if independent_rows and n_nodes == 1:
+        # One node per row: a plain normal draw, whatever the random rule.
+        nodes = torch.randn(len(x), 1, n_components, dtype=x.dtype, device=x.device)
+        return Rule(nodes, torch.zeros(len(x), 1, dtype=x.dtype, device=x.device))
+    rule = integrator.rule(n_components, n_nodes, dtype=x.dtype, device=x.device)
+    return rule.shift_rows(len(x)) if independent_rows else rule
+
+
+def profile_reconstruction(decoder, x, z, weights):
+    """E_q[log p(x | z)] at the batch's maximising sigma^2, and that sigma^2,
+    for nodes ``z`` (B, K, m) with weights (K,) or (B, K).
+
+    No gradient flows through sigma^2: the ELBO is stationary in it there.
+    """
+    g = decoder.mean(z)
+    squared = _expect((x.unsqueeze(1) - g).square().sum(-1), weights)
+    n = x.shape[-1]
+    noise = (squared.detach().mean() / n).clamp(min=MIN_VARIANCE)
+    value = -0.5 * (n * (LOG_2PI + torch.log(noise)) + squared / noise)
+    return value, noise
+
+
 class VAE(nn.Module):
     """The Gaussian VAE; ``forward`` returns the per-sample ELBO.
 
-    The reconstruction term E_q[log p(x|z)] is an integration rule over the
-    reparameterisation z = mu + s * e, e ~ N(0, I), with nodes shared by every
-    row of the batch; during training a fresh rule is drawn each step from
-    torch's (forked, seeded) global generator. The KL term is analytic.
+    E_q[log p(x|z)] is an integration rule over z = mu + s * e, e ~ N(0, I),
+    drawn afresh at each training step (shared by the batch's rows, or
+    shifted for each row with ``independent_rows``); the KL is analytic.
 
-    ``gradient="score_function"`` replaces the reparameterisation gradient of
-    the reconstruction term with the REINFORCE estimator (same value).
+    ``gradient="score_function"``: REINFORCE for the reconstruction term.
+    ``optimal_noise``: as in :class:`IdentifiableVAEModule`.
     """
 
     def __init__(
-        self, encoder, decoder, integrator, n_nodes, gradient="reparameterization"
+        self,
+        encoder,
+        decoder,
+        integrator,
+        n_nodes,
+        gradient="reparameterization",
+        *,
+        independent_rows=False,
+        optimal_noise=False,
     ):
         super().__init__()
         self.encoder = encoder
@@ -92,13 +124,22 @@ class VAE(nn.Module):
         self.integrator = integrator
         self.n_nodes = n_nodes
         self.gradient = gradient
+        self.independent_rows = independent_rows
+        self.optimal_noise = optimal_noise
         self.n_components = encoder.mean.out_features
 
     def forward(self, x):
-        rule = self.integrator.rule(
-            self.n_components, self.n_nodes, dtype=x.dtype, device=x.device
+        rows = self.independent_rows and self.gradient == "reparameterization"
+        rule = training_rule(self.integrator, self.n_components, self.n_nodes, x, rows)
+        if not (self.optimal_noise and self.training):
+            return self.elbo(x, rule)
+        mean, variance = self.encoder(x)
+        z = posterior_points(mean, variance, rule.nodes)
+        reconstruction, noise = profile_reconstruction(
+            self.decoder, x, z, rule.signed_weights()
         )
-        return self.elbo(x, rule)
+        objective = reconstruction - kl_diag_standard(mean, variance)
+        return TrainingStep(objective, {"noise_variance": noise})
 
     def elbo(self, x, rule):
         """Per-sample ELBO of ``x`` (B, n) with the given rule over e ~ N(0, I)."""
@@ -108,12 +149,16 @@ class VAE(nn.Module):
         if self.gradient == "score_function":
             z = z.detach()
         log_lik = self.decoder.log_prob(x.unsqueeze(1), z)  # (B, K)
-        reconstruction = log_lik @ weights
+        reconstruction = _expect(log_lik, weights)
         if self.gradient == "score_function":
             reconstruction = reconstruction + _score_function_term(
                 log_lik, z, mean, variance, weights
             )
         return reconstruction - kl_diag_standard(mean, variance)
+
+    def apply_closed_form(self, values):
+        """Write the closed-form values returned by a training step."""
+        self.decoder.set_noise_variance(values["noise_variance"])
 
     # ---- evaluation ----------------------------------------------------------
 
@@ -181,12 +226,10 @@ class IdentifiableVAEModule(nn.Module):
     contrastive term the prior used as a classifier of u
     (:meth:`ConditionalPrior.log_posterior`); every score is the plain ELBO.
 
-    ``independent_rows`` gives every row of a batch its own shifted copy of
-    an equal-weight random rule during training (``Rule.shift_rows``).
-    ``optimal_noise`` trains on the ELBO maximised over sigma^2 in closed
-    form (the batch's mean squared reconstruction error per feature), and
-    returns that sigma^2 with the objective for the driver to write into the
-    decoder after the step (the decoder must then have ``variance="fixed"``).
+    ``independent_rows``: one shifted copy of the rule per row in training.
+    ``optimal_noise``: train on the ELBO maximised over sigma^2 in closed form
+    (the batch's mean squared error per feature), returned with the objective
+    for the driver to write into the decoder (of ``variance="fixed"``).
     ``reference_u`` and ``reference_log_p`` are candidate values of u with
     their log-probabilities under the training distribution of u: scores and
     draws without u mix over them.
@@ -235,10 +278,14 @@ class IdentifiableVAEModule(nn.Module):
     def forward(self, x, u):
         mean, spread = self.encode(x, u)
         loc, prior_variance = self.prior(u)
-        rule = self._training_rule(x)
+        m = self.prior.n_components
+        rule = training_rule(self.integrator, m, self.n_nodes, x, self.independent_rows)
         noise = None
         if self.optimal_noise and self.training:
-            reconstruction, noise = self._profile_reconstruction(x, mean, spread, rule)
+            z = posterior_points(mean, spread, rule.nodes)
+            reconstruction, noise = profile_reconstruction(
+                self.decoder, x, z, rule.signed_weights()
+            )
         else:
             reconstruction = self.reconstruction(x, mean, spread, rule)
         objective = reconstruction - self.kl_weight * self.kl(
@@ -252,35 +299,12 @@ class IdentifiableVAEModule(nn.Module):
             return objective
         return TrainingStep(objective, {"noise_variance": noise})
 
-    def _training_rule(self, x):
-        m = self.prior.n_components
-        if self.independent_rows and self.n_nodes == 1:
-            # One node per row: a plain normal draw, whatever the random rule.
-            nodes = torch.randn(len(x), 1, m, dtype=x.dtype, device=x.device)
-            return Rule(nodes, torch.zeros(len(x), 1, dtype=x.dtype, device=x.device))
-        rule = self.integrator.rule(m, self.n_nodes, dtype=x.dtype, device=x.device)
-        return rule.shift_rows(len(x)) if self.independent_rows else rule
-
     def reconstruction(self, x, mean, spread, rule):
         """E_q[log p(x | z)] by the rule over z = mean + L e."""
         z = posterior_points(mean, spread, rule.nodes)
         return _expect(self.decoder.log_prob(x.unsqueeze(1), z), rule.signed_weights())
 
-    def _profile_reconstruction(self, x, mean, spread, rule):
-        """E_q[log p(x | z)] at the batch's maximising sigma^2, and that sigma^2.
-
-        No gradient flows through sigma^2: the ELBO is stationary in it there.
-        """
-        g = self.decoder.mean(posterior_points(mean, spread, rule.nodes))
-        squared = _expect((x.unsqueeze(1) - g).square().sum(-1), rule.signed_weights())
-        n = x.shape[-1]
-        noise = (squared.detach().mean() / n).clamp(min=MIN_VARIANCE)
-        value = -0.5 * (n * (LOG_2PI + torch.log(noise)) + squared / noise)
-        return value, noise
-
-    def apply_closed_form(self, values):
-        """Write the closed-form values returned by a training step."""
-        self.decoder.set_noise_variance(values["noise_variance"])
+    apply_closed_form = VAE.apply_closed_form
 
     def kl(self, mean, spread, loc, prior_variance):
         """KL(q || p(z | u)) in closed form, for a diagonal or full q."""

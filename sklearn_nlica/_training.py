@@ -10,7 +10,8 @@ few percent of a bare torch loop.
 Every training policy lives here: batching and the hold-out split, device
 and seed handling, the non-finite guard, the progress bar, early stopping
 that starts after a warm-up, the KL warm-up, the cosine learning-rate
-schedule and the linear warm start. An estimator states what it needs in a
+schedule and the linear warm start (schedule length, score monitor and
+threads: ``_schedules.py``). An estimator states what it needs in a
 :class:`TrainingPlan`.
 """
 
@@ -30,7 +31,6 @@ from skorch.callbacks import (
     Callback,
     EarlyStopping,
     Freezer,
-    LRScheduler,
     PrintLog,
     Unfreezer,
 )
@@ -222,6 +222,8 @@ class TrainingPlan:
     net_kwargs: dict = field(default_factory=dict)
     callbacks: list = field(default_factory=list)
     warm_epochs: int = 0
+    planned_epochs: int = None  # None: max_iter; max_iter cutting them short warns
+    monitor: str = None  # history key stopping reads (None: the loss)
 
 
 class _NoCriterion(torch.nn.Module):
@@ -389,9 +391,15 @@ class EpochProgressBar(Callback):
 
     def on_epoch_end(self, net, **kwargs):
         row = net.history[-1]
-        postfix = {"loss": f"{row['train_loss']:.4f}"}
-        if "valid_loss" in row:
-            postfix["valid"] = f"{row['valid_loss']:.4f}"
+        if "score" in row:
+            # What the estimator's score reports, from ScoreMonitor.
+            postfix = {"score": f"{row['score']:.4f}"}
+            if "valid_score" in row:
+                postfix["valid"] = f"{row['valid_score']:.4f}"
+        else:
+            postfix = {"loss": f"{row['train_loss']:.4f}"}
+            if "valid_loss" in row:
+                postfix["valid"] = f"{row['valid_loss']:.4f}"
         self.bar_.set_postfix(postfix, refresh=False)
         self.bar_.update()
 
@@ -447,30 +455,6 @@ class KLWarmup(Callback):
 
     def on_train_end(self, net, **kwargs):
         net.module_.kl_weight = 1.0
-
-
-class CosineDecay:
-    """The factor of a cosine learning-rate decay, for ``LambdaLR``: from 1 at
-    step 0 to ``final_fraction`` at ``n_steps``, then flat."""
-
-    def __init__(self, n_steps, final_fraction=0.0):
-        self.n_steps = n_steps
-        self.final_fraction = final_fraction
-
-    def __call__(self, step):
-        t = min(1.0, step / max(1, self.n_steps))
-        f = self.final_fraction
-        return f + (1 - f) * 0.5 * (1 + math.cos(math.pi * t))
-
-
-def cosine_schedule(n_steps):
-    """skorch's ``LRScheduler`` stepping a cosine decay to 0 at every batch."""
-    return LRScheduler(
-        policy=torch.optim.lr_scheduler.LambdaLR,
-        lr_lambda=CosineDecay(n_steps),
-        step_every="batch",
-        event_name=None,
-    )
 
 
 class _NameIn:

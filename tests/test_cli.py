@@ -118,7 +118,9 @@ def test_a_diverging_fit_exits_1_and_writes_nothing(tmp_path, capsys):
         str(out),
     ]
     code, _, err = run_cli([*args, "--n-samples", "300"], capsys)
-    assert code == 1 and "diverged" in err and not out.exists()
+    # Diverged or non-finite, depending on how fast the optimizer blows up.
+    assert code == 1 and not out.exists()
+    assert "diverged" in err or "became nan" in err
 
 
 def test_nothing_is_written_unless_asked(tmp_path, capsys, monkeypatch):
@@ -146,7 +148,7 @@ def test_help_shows_the_defaults_and_training_options(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for option in ("--tol", "--n-iter-no-change", "--solver", "--verbose"):
         assert option in text
-    assert "ivae 30" in text and "(default: 2000)" in text
+    assert "epochs (default: 200)" in text and "(default: 2000)" in text
 
 
 def test_plot_shows_every_latent_against_the_sources(tmp_path, capsys):

@@ -20,7 +20,7 @@ LAYERS = {
         "datasets",
     ],
     "models": ["_nn", "_likelihood", "_models"],
-    "training": ["_training", "_em"],
+    "training": ["_training", "_schedules", "_em"],
     "estimators": [
         "_fitting",
         "_base",

@@ -11,7 +11,12 @@ import pytest
 import torch
 
 from sklearn_nlica._densities import inverse_positive
-from sklearn_nlica._models import VAE, IdentifiableVAEModule, MarginalLikelihood
+from sklearn_nlica._models import (
+    VAE,
+    IdentifiableVAEModule,
+    MarginalLikelihood,
+    training_rule,
+)
 from sklearn_nlica._nn import (
     ConditionalPrior,
     FullCovarianceGaussianEncoder,
@@ -138,7 +143,8 @@ def test_training_step_returns_the_optimal_noise_variance():
     def reconstruction(variance):
         module.decoder.set_noise_variance(variance)
         torch.manual_seed(0)
-        rule = module._training_rule(x)  # the nodes the training step drew
+        # The nodes the training step drew.
+        rule = training_rule(module.integrator, 2, module.n_nodes, x, True)
         with torch.no_grad():
             mean, spread = module.encode(x, u)
             return module.reconstruction(x, mean, spread, rule)
@@ -151,6 +157,35 @@ def test_training_step_returns_the_optimal_noise_variance():
         assert float(reconstruction(noise * factor).mean()) < float(at_optimum.mean())
     module.apply_closed_form(step.closed_form)
     assert float(module.decoder.noise_variance().detach()) == pytest.approx(noise)
+
+
+def test_vae_optimal_noise_step_is_the_elbo_at_its_maximiser():
+    # Exact rule (2 Gauss-Hermite nodes per axis) for a linear decoder: the
+    # training step's objective is the ELBO at the returned sigma^2, whose
+    # derivative in sigma^2 vanishes there (central finite differences).
+    W, b, x, _, A, post_cov = linear_gaussian(orthogonal=True)
+    encoder = GaussianEncoder(6, 2, (), "identity").double()
+    set_mean_head(encoder, A, b)
+    with torch.no_grad():
+        encoder.raw_variance.weight.zero_()
+        encoder.raw_variance.bias.copy_(inverse_positive(post_cov.diagonal()))
+    vae = VAE(encoder, linear_decoder(W, b), GaussHermite(), 4, optimal_noise=True)
+    vae.train()
+    with torch.no_grad():
+        step = vae(x)
+    noise = float(step.closed_form["noise_variance"])
+    rule = GaussHermite().rule(2, 4, dtype=F64)
+
+    def elbo(variance):
+        vae.decoder.set_noise_variance(variance)
+        with torch.no_grad():
+            return vae.elbo(x, rule)
+
+    torch.testing.assert_close(step.objective, elbo(noise))
+    h = 1e-5 * noise
+    slope = (elbo(noise + h).mean() - elbo(noise - h).mean()) / (2 * h)
+    assert abs(float(slope)) < 1e-6 * float(elbo(noise).abs().mean())
+    assert float(elbo(noise * 1.1).mean()) < float(elbo(noise).mean())
 
 
 def test_marginal_likelihood_module_is_exact_for_ppca():

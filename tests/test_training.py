@@ -9,8 +9,8 @@ from skorch.callbacks import Callback
 from torch import nn
 
 from sklearn_nlica._models import TrainingStep
+from sklearn_nlica._schedules import CosineDecay, cosine_schedule
 from sklearn_nlica._training import (
-    CosineDecay,
     EarlyStoppingAfter,
     HoldOut,
     KLWarmup,
@@ -19,7 +19,6 @@ from sklearn_nlica._training import (
     TensorBatches,
     TensorData,
     converged,
-    cosine_schedule,
     draw_seed,
     linear_warm_start,
     resolve_device,

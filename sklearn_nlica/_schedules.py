@@ -1,0 +1,169 @@
+"""The recipes' schedules: how long a fit runs, what its stopping reads, and
+the threads torch uses while an estimator works (the training layer, beside
+``_training.py``)."""
+
+import contextlib
+import contextvars
+import math
+
+import torch
+from skorch.callbacks import Callback, LRScheduler
+
+from ._training import TrainingPlan
+
+# Optimizer steps of the VAEs' default schedule, whatever the number of rows.
+SCHEDULE_STEPS = 4800
+SCHEDULE_EPOCHS = 200
+
+
+class CosineDecay:
+    """The factor of a cosine learning-rate decay, for ``LambdaLR``: from 1 at
+    step 0 to ``final_fraction`` at ``n_steps``, then flat."""
+
+    def __init__(self, n_steps, final_fraction=0.0):
+        self.n_steps = n_steps
+        self.final_fraction = final_fraction
+
+    def __call__(self, step):
+        t = min(1.0, step / max(1, self.n_steps))
+        f = self.final_fraction
+        return f + (1 - f) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def cosine_schedule(n_steps):
+    """skorch's ``LRScheduler`` stepping a cosine decay to 0 at every batch."""
+    return LRScheduler(
+        policy=torch.optim.lr_scheduler.LambdaLR,
+        lr_lambda=CosineDecay(n_steps),
+        step_every="batch",
+        event_name=None,
+    )
+
+
+def scheduled_plan(module, n_batches, n_steps, max_iter, schedule="cosine"):
+    """The plan of a VAE recipe, and the epochs it runs.
+
+    A schedule of about ``n_steps`` optimizer steps, whatever the data size
+    (whole epochs, at least one and at most ``SCHEDULE_EPOCHS``, the
+    estimators' default ``max_iter``), that ``max_iter`` can only cut short:
+    with
+    ``schedule="cosine"`` the learning rate decays to 0 over the epochs
+    run, and stopping may end the fit only in its second half, once the
+    rate is low enough for the parameters to settle; with ``"constant"`` it
+    stays, and ``max_iter`` alone bounds the fit. A :class:`ScoreMonitor`
+    records the score that stopping reads, and Adam uses its fused kernel
+    where torch has one.
+    """
+    wanted = min(max(1, math.ceil(n_steps / max(1, n_batches))), SCHEDULE_EPOCHS)
+    epochs = min(wanted, max_iter) if schedule == "cosine" else max_iter
+    callbacks = [("score_monitor", ScoreMonitor())]
+    if schedule == "cosine":
+        callbacks.append(("lr_schedule", cosine_schedule(epochs * n_batches)))
+    device = next(module.parameters()).device
+    fused = {"optimizer__fused": True} if device.type in ("cpu", "cuda") else {}
+    plan = TrainingPlan(
+        net_kwargs=fused,
+        callbacks=callbacks,
+        planned_epochs=wanted if schedule == "cosine" else None,
+        monitor="score_loss",
+        warm_epochs=epochs // 2 if schedule == "cosine" else 0,
+    )
+    return plan, epochs
+
+
+class ScoreMonitor(Callback):
+    """Record the estimator's score on fixed rows after every epoch.
+
+    The module's ``score_samples`` on up to ``n_rows`` rows spread evenly
+    over the training data (and over the held-out data, when there is a
+    hold-out), with ``n_nodes`` nodes drawn once from ``seed``: a
+    deterministic function of the parameters, so that its change from epoch
+    to epoch is the model's and not the estimator's noise. Writes ``score``
+    and ``score_loss`` (minus it, for stopping), and ``valid_score`` and
+    ``valid_score_loss`` with a hold-out.
+    """
+
+    def __init__(self, n_rows=512, n_nodes=4, seed=0):
+        self.n_rows = n_rows
+        self.n_nodes = n_nodes
+        self.seed = seed
+
+    def on_train_begin(self, net, X=None, **kwargs):
+        self.fixed_ = {}
+
+    def on_train_end(self, net, **kwargs):
+        # The fitted model keeps no copy of the training rows.
+        self.fixed_ = {}
+
+    def _rows(self, key, dataset):
+        if key not in self.fixed_:
+            n = len(dataset)
+            index = torch.linspace(0, n - 1, min(n, self.n_rows)).round().long()
+            self.fixed_[key] = dataset.take(index.to(dataset.x.device))
+        return self.fixed_[key]
+
+    @torch.no_grad()
+    def _score(self, module, key, dataset):
+        part = self._rows(key, dataset)
+        generator = torch.Generator().manual_seed(self.seed)
+        rule = module.rule(part.x, self.n_nodes, generator)
+        return float(module.score_samples(part.x, rule, **part.extras).mean())
+
+    def on_epoch_end(self, net, dataset_train=None, dataset_valid=None, **kwargs):
+        module = net.module_
+        was_training = module.training
+        module.eval()
+        for key, dataset in (("score", dataset_train), ("valid_score", dataset_valid)):
+            if dataset is not None and len(dataset):
+                value = self._score(module, key, dataset)
+                net.history.record(key, value)
+                net.history.record(f"{key}_loss", -value)
+        module.train(was_training)
+
+
+# The intra-op threads of the estimators' torch work, set by torch_threads.
+_THREADS = contextvars.ContextVar("sklearn_nlica_threads", default=1)
+
+
+@contextlib.contextmanager
+def torch_threads(n_threads):
+    """Set the torch intra-op threads of the estimators inside the block.
+
+    Outside any block, fits and predictions use one thread; the caller's own
+    ``torch.get_num_threads()`` is restored after each of them.
+
+    Parameters
+    ----------
+    n_threads : int or None
+        Threads for torch's intra-op pool while an estimator works on the
+        CPU; None leaves torch's own setting alone.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_nlica import VAEICA, torch_threads
+    >>> X = np.random.RandomState(0).normal(size=(100, 4))
+    >>> with torch_threads(2):
+    ...     model = VAEICA(n_components=2, max_iter=2, random_state=0).fit(X)
+    """
+    token = _THREADS.set(n_threads)
+    try:
+        yield
+    finally:
+        _THREADS.reset(token)
+
+
+@contextlib.contextmanager
+def thread_policy(device):
+    """Apply the thread setting of :func:`torch_threads` for the block (CPU
+    only), and give the caller back its own setting afterwards."""
+    n_threads = _THREADS.get()
+    if n_threads is None or device.type != "cpu":
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
