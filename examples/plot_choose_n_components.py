@@ -175,12 +175,12 @@ plt.show()
 
 # %%
 # What to see. Both likelihood-type scores climb steeply up to three
-# components and then stay within a few hundredths of a nat (the fourth
+# components and then dip by less than a tenth of a nat (the fourth
 # dimension has nothing left to explain): the selection rule finds the true
 # number of sources with either estimator. The Procrustes disparity of the
 # reconstructions tells the same story from the data side: it drops until
 # three components and then barely moves. The first canonical correlation
-# between the data and their reconstruction is above 0.93 for every
+# between the data and their reconstruction is above 0.87 for every
 # candidate and about 0.98 or more from two components on, so it cannot
 # tell two, three and four components apart: a reconstruction is a smooth
 # function of the data, and some linear combination of it always correlates

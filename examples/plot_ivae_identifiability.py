@@ -112,10 +112,11 @@ plt.show()
 # latents (c) reproduce the arrangement of the sources up to a permutation,
 # signs and scales of the axes (the purple and blue segments, for instance,
 # are again the outermost blobs, each stretched along one axis), and the MCC
-# is near 1. The VAE's latents (d) are a folded version of the plane, the
-# segments stretched along two diagonal arms: nothing in an unconditional
-# model singles out the sources' axes, and its MCC is barely better than
-# that of the raw observations.
+# is near 1. The VAE's latents (d) fold the plane onto a V-shaped curve
+# whose second coordinate barely varies (note its scale: the VAE has let
+# that latent collapse onto the prior): nothing in an unconditional model
+# singles out the sources' axes, and its MCC is no better than that of the
+# raw observations.
 #
 # Each source against its best-matched latent
 # -------------------------------------------
