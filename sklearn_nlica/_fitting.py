@@ -35,6 +35,11 @@ from ._training import (
 from ._validation import check_noise_variance
 from .integrators import get_integrator
 
+# The activity test of the fitted latents: rows it looks at, and the variance
+# of a latent's posterior mean over them below which it counts as collapsed.
+ACTIVITY_ROWS = 2000
+ACTIVITY_THRESHOLD = 1e-2
+
 
 class FitMixin:
     """``fit`` and ``partial_fit`` of the estimators (see the module notes)."""
@@ -94,6 +99,7 @@ class FitMixin:
                 net, caught = self._fit_restarts(X, y, epochs)
             self.net_ = net
             self._store_history(net, warn and net.epochs_run_ == epochs)
+            self._store_activity(X, y)
             for w in caught:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
             return self
@@ -263,6 +269,16 @@ class FitMixin:
                 "the data's variance, or None to learn it"
             )
         return "; ".join(tips)
+
+    def _store_activity(self, X, y):
+        """Mark the latents that carry information about x: those whose
+        posterior mean varies over (up to 2,000) training rows with variance
+        above 0.01, the activity test of Burda, Grosse and Salakhutdinov
+        (2016). A collapsed latent sits at the prior whatever x is."""
+        X = self._validate_X(X, reset=False)[:ACTIVITY_ROWS]
+        y = None if y is None else np.asarray(y)[:ACTIVITY_ROWS]
+        Z = self._transform(X, y)
+        self.active_components_ = np.var(Z, axis=0) > ACTIVITY_THRESHOLD
 
     def _store_history(self, net, check_convergence):
         history = net.history

@@ -169,6 +169,9 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
         Fitted sigma^2.
     n_iter_ : int
         Number of epochs run.
+    active_components_ : ndarray of shape (n_components,), dtype=bool
+        Latents whose posterior mean varies over the training rows (variance
+        above 0.01); False marks a latent collapsed onto the prior.
     loss_curve_ : list of float
         Minus the mean training objective of each epoch (the ELBO plus the
         contrastive term, the KL weighted during a KL warm-up), nats/sample.
@@ -201,9 +204,7 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
     contrastive_weight * log p(u | E_q[z])``, where p(u | z) is the model's
     own prior turned into a classifier of u by Bayes' rule, the hybrid
     objective of [2]_ with the classifier of [3]_. :meth:`score` stays the
-    plain ELBO. Too weak a contrastive weight leaves some fits mixed, too
-    strong a one can fold a source (a latent follows ``|s|``); both lower
-    the ELBO, which ``n_init`` > 1 uses to select.
+    plain ELBO.
 
     References
     ----------
@@ -319,8 +320,6 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
     _node_budgets = ("n_mc_samples", "n_nodes")
     _injective = True
     _training_precision = torch.float32
-
-    # ---- the auxiliary variable (the base's conditioning hook) -----------------
 
     def _fit_condition(self, y, n_samples):
         encoder = AuxEncoder(self.aux_type, type(self).__name__)

@@ -131,6 +131,9 @@ class NonlinearICAMLE(LatentVariableModel):
         Fitted (or fixed) sigma^2.
     n_iter_ : int
         Number of epochs run.
+    active_components_ : ndarray of shape (n_components,), dtype=bool
+        Latents whose posterior mean varies over the training rows (variance
+        above 0.01); False marks a latent collapsed onto the prior.
     loss_curve_ : list of float
         Minus the mean training log-likelihood of each epoch.
     best_loss_ : float or None

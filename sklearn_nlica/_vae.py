@@ -125,6 +125,9 @@ class VAEICA(LatentVariableModel):
         Fitted sigma^2 (None with ``decoder_variance="per_sample"``).
     n_iter_ : int
         Number of epochs run.
+    active_components_ : ndarray of shape (n_components,), dtype=bool
+        Latents whose posterior mean varies over the training rows (variance
+        above 0.01); False marks a latent collapsed onto the prior.
     loss_curve_ : list of float
         Training loss (minus the mean ELBO, nats per sample) of each epoch.
     best_loss_ : float or None

@@ -143,6 +143,7 @@ def test_generated_inputs_fit_to_finite_outputs_or_are_refused(
         return
     Z = estimator.transform(X)
     assert Z.dtype == dtype and np.isfinite(Z).all()
+    assert estimator.active_components_.shape == (Z.shape[1],)
     assert np.isfinite(estimator.score_samples(X, *args(estimator, u))).all()
     assert np.isfinite(estimator.inverse_transform(Z)).all()
 

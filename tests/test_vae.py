@@ -14,6 +14,7 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from sklearn_nlica import VAEICA
+from sklearn_nlica.datasets import make_nonlinear_ica
 from sklearn_nlica.integrators import GaussHermite
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -286,3 +287,16 @@ def test_log_likelihood_of_a_dataframe_warns_nothing():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # X has no feature names
         np.testing.assert_allclose(values, vae.log_likelihood(X), rtol=1e-12)
+
+
+def test_active_components_mark_the_latents_the_data_need():
+    # Two sources, four latents: the VAE lets two collapse onto the prior.
+    X, _ = make_nonlinear_ica(
+        1000, n_components=2, n_features=10, noise_std=0.1, random_state=0
+    )
+    vae = VAEICA(n_components=4, hidden_layer_sizes=(16,), random_state=0).fit(X)
+    assert vae.active_components_.dtype == bool
+    assert vae.active_components_.sum() == 2
+    Z = vae.transform(X)
+    assert np.all(Z[:, ~vae.active_components_].std(0) < 0.1)
+    assert np.all(Z[:, vae.active_components_].std(0) > 0.5)
