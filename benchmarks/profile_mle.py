@@ -108,7 +108,7 @@ def profile(n_samples, n_features, n_components, epochs, use_cprofile):
         print(f"  {name:<16} {seconds / n_epochs:8.3f} {seconds / fit:6.1%}")
     print(f"  {'other':<16} {rest / n_epochs:8.3f} {rest / fit:6.1%}")
     if profiler:
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
+        pstats.Stats(profiler).sort_stats(use_cprofile).print_stats(25)
 
 
 def main():
@@ -122,7 +122,13 @@ def main():
         help="default: 1500 8 3 and 2000 20 2",
     )
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--cprofile", action="store_true")
+    parser.add_argument(
+        "--cprofile",
+        nargs="?",
+        const="tottime",
+        metavar="SORT",
+        help="add a cProfile listing, sorted by SORT (default tottime)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     for data in args.data or [(1500, 8, 3), (2000, 20, 2)]:

@@ -129,3 +129,25 @@ def test_float32_decoder_accumulates_in_float64():
     with torch.no_grad():
         exact = reference(x.double(), lambda t: out(trunk(t.float())).double(), z, 1e-6)
     torch.testing.assert_close(values, exact, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("activation", ["leaky_relu", "relu", "tanh", "sigmoid"])
+@pytest.mark.parametrize("head", [False, True])
+def test_chain_jacobian_matches_forward_mode(activation, head):
+    from torch.func import jvp, vmap
+
+    from sklearn_nlica._integrand import _chain_jacobian
+    from sklearn_nlica._nn import make_trunk
+
+    torch.manual_seed(0)
+    trunk, width = make_trunk(3, (16, 16), activation)
+    function = trunk.double()
+    if head:
+        weight = torch.randn(20, width, dtype=torch.float64)
+        function = HeadDecoder(trunk, weight, torch.randn(20, dtype=torch.float64))
+    z = torch.randn(50, 3, dtype=torch.float64)
+    tangents = torch.eye(3, dtype=z.dtype)[:, None, :].expand(3, *z.shape)
+    out, jac = vmap(lambda t: jvp(function, (z,), (t,)), out_dims=(None, -1))(tangents)
+    chained_out, chained_jac = _chain_jacobian(function, z)
+    torch.testing.assert_close(chained_out, out)
+    torch.testing.assert_close(chained_jac, jac, rtol=1e-6, atol=1e-8)
