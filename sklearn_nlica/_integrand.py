@@ -346,6 +346,7 @@ def _chain_jacobian(function, z):
 
 def _curvature(function, z, residual):
     """sum_k residual_k Hess_z function_k(z), point by point: (P, m, m)."""
+    _load_forward_mode()  # hessian is forward over reverse mode
 
     def contracted(point, weights):
         return (function(point[None])[0] * weights).sum()
