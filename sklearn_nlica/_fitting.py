@@ -17,7 +17,7 @@ from sklearn.utils import check_random_state
 from skorch.utils import noop
 
 from ._densities import MIN_VARIANCE
-from ._schedules import thread_policy
+from ._schedules import restart_schedule, thread_policy
 from ._training import (
     EarlyStoppingAfter,
     EpochProgressBar,
@@ -94,7 +94,8 @@ class FitMixin:
         state = dict(self.__dict__)
         try:
             if warm:
-                net, caught = self._continue(X, y, epochs)
+                # fit plans its epochs anew; partial_fit follows the plan.
+                net, caught = self._continue(X, y, epochs, restart=warn)
             else:
                 net, caught = self._fit_restarts(X, y, epochs)
             self.net_ = net
@@ -135,11 +136,14 @@ class FitMixin:
         net.module_.to(_input_dtype(X))
         return net, caught
 
-    def _continue(self, X, y, epochs):
-        """Train a copy of the fitted net for ``epochs`` more epochs."""
+    def _continue(self, X, y, epochs, restart):
+        """Train a copy of the fitted net for ``epochs`` more epochs, with a
+        learning-rate schedule restarted over them or resumed."""
         X = self._validate_X(X, reset=False)
         condition = self._condition(y, X.shape[0])
         net = copy.deepcopy(self.net_)
+        if restart:
+            restart_schedule(net, epochs)
         evaluation = next(net.module_.parameters()).dtype
         dtype = self._training_dtype(X)
         net.module_.to(dtype)

@@ -142,9 +142,8 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
     verbose : int, default=0
         0 silent, 1 a progress bar over epochs, 2 one line per epoch.
     warm_start : bool, default=False
-        When fitted, :meth:`fit` continues training the fitted model for
-        ``max_iter`` more epochs instead of starting anew (the data must
-        have the same features).
+        When fitted, :meth:`fit` trains the fitted model ``max_iter`` more
+        epochs (same features; a cosine schedule is planned anew over them).
     on_interrupt : {"raise", "keep"}, default="raise"
         What a Ctrl-C (KeyboardInterrupt) during fitting does: ``"raise"``
         stops and leaves the estimator as it was; ``"keep"`` keeps the

@@ -20,19 +20,46 @@ class CosineDecay:
     """The factor of a cosine learning-rate decay, for ``LambdaLR``: from 1 at
     step 0 to ``final_fraction`` at ``n_steps``, then flat."""
 
-    def __init__(self, n_steps, final_fraction=0.0):
+    def __init__(self, n_steps, final_fraction=0.0, start=0):
         self.n_steps = n_steps
         self.final_fraction = final_fraction
+        self.start = start
 
     def __call__(self, step):
-        t = min(1.0, step / max(1, self.n_steps))
+        t = min(1.0, max(0, step - self.start) / max(1, self.n_steps))
         f = self.final_fraction
         return f + (1 - f) * 0.5 * (1 + math.cos(math.pi * t))
 
 
+class BatchLRScheduler(LRScheduler):
+    """skorch's ``LRScheduler`` for schedules stepped at every batch, resumed
+    at the batch it reached: skorch passes a continued fit the number of
+    epochs as the scheduler's position."""
+
+    def _get_scheduler(self, net, policy, **scheduler_kwargs):
+        if self.step_every == "batch" and len(net.history):
+            scheduler_kwargs.setdefault("last_epoch", self.batch_idx_ - 1)
+        return super()._get_scheduler(net, policy, **scheduler_kwargs)
+
+
+def restart_schedule(net, epochs):
+    """Plan a continued fit (``warm_start``, ``partial_fit``) like a new one:
+    a cosine decay over its ``epochs`` from the initial rate, and stopping
+    held back over their first half. Resumed instead, a finished decay would
+    train at a rate of 0."""
+    callbacks = dict(net.callbacks_)
+    schedule = callbacks.get("lr_schedule")
+    if not isinstance(getattr(schedule, "lr_lambda", None), CosineDecay):
+        return
+    batches = net.history[:, "train_batch_count"]
+    schedule.lr_lambda = CosineDecay(epochs * batches[-1], start=sum(batches))
+    callbacks["early_stopping"].start_epoch = len(batches) + epochs // 2
+    net.planned_epochs_ = epochs
+
+
 def cosine_schedule(n_steps):
-    """skorch's ``LRScheduler`` stepping a cosine decay to 0 at every batch."""
-    return LRScheduler(
+    """A cosine decay to 0 over ``n_steps`` batches."""
+    return BatchLRScheduler(
         policy=torch.optim.lr_scheduler.LambdaLR,
         lr_lambda=CosineDecay(n_steps),
         step_every="batch",

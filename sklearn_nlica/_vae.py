@@ -107,7 +107,8 @@ class VAEICA(LatentVariableModel):
     warm_start : bool, default=False
         When fitted, :meth:`fit` continues training the fitted model for
         ``max_iter`` more epochs instead of starting anew (the data must
-        have the same features).
+        have the same features), its cosine schedule planned anew over
+        them; :meth:`partial_fit` follows the first fit's schedule instead.
     on_interrupt : {"raise", "keep"}, default="raise"
         What a Ctrl-C (KeyboardInterrupt) during fitting does: ``"raise"``
         stops and leaves the estimator as it was; ``"keep"`` keeps the

@@ -103,3 +103,42 @@ def test_validation_scores_are_the_monitored_held_out_elbo():
     expected = [float(v) for v in model.net_.history[:, "valid_score"]]
     assert model.validation_scores_ == pytest.approx(expected)
     assert model.best_validation_score_ == max(expected)
+
+
+def test_warm_start_plans_its_schedule_anew_and_partial_fit_resumes_it():
+    from sklearn_nlica.datasets import make_nonlinear_ica
+
+    X, _ = make_nonlinear_ica(
+        600, n_components=2, n_features=6, noise_std=0.1, random_state=0
+    )
+    rates = []
+
+    class Rate(Callback):
+        def on_batch_begin(self, net, **kwargs):
+            rates.append(net.optimizer_.param_groups[0]["lr"])
+
+    vae = VAEICA(
+        n_components=2,
+        hidden_layer_sizes=(16,),
+        max_iter=30,
+        warm_start=True,
+        callbacks=[("rate", Rate())],
+        random_state=0,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        vae.fit(X)
+    first = vae.score(X)
+    rates.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)  # it ran its plan
+        vae.set_params(max_iter=10).fit(X)
+    # From the initial rate down to 0 again, not resumed at 0 nor jumped back
+    # up midway (skorch resumes per-batch schedules by epoch count).
+    assert rates[0] == pytest.approx(vae.learning_rate_init, rel=1e-3)
+    assert rates[-1] < 0.1 * vae.learning_rate_init
+    assert np.all(np.diff(rates) <= 1e-12)
+    assert vae.score(X) > first - 0.05
+    rates.clear()
+    vae.partial_fit(X)
+    assert max(rates) < 0.1 * vae.learning_rate_init  # the decay's tail
