@@ -256,7 +256,12 @@ class LatentVariableModel(
         nodes are the same whichever chunk it falls in.
         """
         check_is_fitted(self)
-        X = self._validate_X(X, reset=False)
+        return self._evaluate(
+            self._validate_X(X, reset=False), method, condition, n_nodes
+        )
+
+    def _evaluate(self, X, method, condition=None, n_nodes=None):
+        """:meth:`_predict` on an already validated array ``X``."""
         module, device, dtype = self.module_, self.device_, self._dtype
         n_nodes = n_nodes or self.n_nodes
         extras = {

@@ -281,7 +281,7 @@ class FitMixin:
         (2016). A collapsed latent sits at the prior whatever x is."""
         X = self._validate_X(X, reset=False)[:ACTIVITY_ROWS]
         y = None if y is None else np.asarray(y)[:ACTIVITY_ROWS]
-        Z = self._transform(X, y)
+        Z = self._evaluate(X, "posterior_mean", y)
         self.active_components_ = np.var(Z, axis=0) > ACTIVITY_THRESHOLD
 
     def _store_history(self, net, check_convergence):

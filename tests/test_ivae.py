@@ -553,7 +553,9 @@ def test_log_likelihood_of_a_dataframe_warns_nothing(small):
     pd = pytest.importorskip("pandas")
     _, X, _, U = small
     df = pd.DataFrame(X, columns=["a", "b"])
-    model = IdentifiableVAE(2, random_state=0, **FAST).fit(df, U)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*feature names")
+        model = IdentifiableVAE(2, random_state=0, **FAST).fit(df, U)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with_u = model.log_likelihood(df, U, n_samples=64)

@@ -280,7 +280,9 @@ def test_log_likelihood_of_a_dataframe_warns_nothing():
     pd = pytest.importorskip("pandas")
     X = ppca_data(200)
     df = pd.DataFrame(X, columns=[f"f{i}" for i in range(X.shape[1])])
-    vae = VAEICA(max_iter=2, random_state=0).fit(df)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*feature names")
+        vae = VAEICA(max_iter=2, random_state=0).fit(df)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         values = vae.log_likelihood(df)
