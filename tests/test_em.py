@@ -36,6 +36,21 @@ def linear_model(x, n_components=2, integrator=None, n_nodes=64):
     )
 
 
+def one_epoch_net(model, optimizer, lr, batch_size):
+    """A quiet EMNet that trains ``model`` for one epoch on all the data."""
+    return EMNet(
+        model,
+        optimizer=optimizer,
+        lr=lr,
+        max_epochs=1,
+        batch_size=batch_size,
+        iterator_train=TensorBatches,
+        train_split=None,
+        verbose=0,
+        callbacks__print_log=None,
+    )
+
+
 def test_linear_m_step_is_the_weighted_least_squares_solution():
     x = ppca_data()
     model = linear_model(x)
@@ -85,17 +100,7 @@ def test_one_em_epoch_never_decreases_the_likelihood(hidden):
     torch.manual_seed(1)
     decoder = GaussianDecoder(2, 4, hidden, "tanh", noise_variance=2.0).double()
     model = MarginalLikelihood(decoder, 2, Adaptive(), 32)
-    net = EMNet(
-        model,
-        optimizer=torch.optim.Adam,
-        lr=1e-3,
-        max_epochs=1,
-        batch_size=100,
-        iterator_train=TensorBatches,
-        train_split=None,
-        verbose=0,
-        callbacks__print_log=None,
-    )
+    net = one_epoch_net(model, torch.optim.Adam, lr=1e-3, batch_size=100)
 
     def total_log_likelihood():
         with torch.no_grad():
@@ -113,17 +118,7 @@ def test_one_em_epoch_never_decreases_the_likelihood(hidden):
 def test_closed_form_parameters_get_no_gradient_steps():
     x = ppca_data(200)
     model = linear_model(x)
-    net = EMNet(
-        model,
-        optimizer=torch.optim.SGD,
-        lr=1e-2,
-        max_epochs=1,
-        batch_size=50,
-        iterator_train=TensorBatches,
-        train_split=None,
-        verbose=0,
-        callbacks__print_log=None,
-    )
+    net = one_epoch_net(model, torch.optim.SGD, lr=1e-2, batch_size=50)
     net.initialize()
     net.notify("on_train_begin")
     # A linear decoder moves only in closed form: no M-step parameters left.
