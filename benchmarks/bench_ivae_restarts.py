@@ -2,7 +2,7 @@
 
 IdentifiableVAE at its defaults on ``make_segmented_sources(40, 1000, 5, 5)``
 (three layers, no noise), CPU seconds per fit, the monitored stopping score
-(512 fixed rows, 4 nodes), ``score(X, U)`` and the MCC against the sources.
+(512 fixed rows, the degree-3 rule), ``score(X, U)`` and the MCC against the sources.
 
     python benchmarks/bench_ivae_restarts.py leaky_relu 1,2 0,1,2
 

@@ -323,6 +323,10 @@ class IdentifiableVAEModule(nn.Module):
 
     # ---- evaluation ----------------------------------------------------------
 
+    @property
+    def n_components(self):
+        return self.prior.n_components
+
     def rule(self, x, n_nodes, generator=None):
         """Nodes shared by every row, fixed by ``generator``."""
         return self.integrator.rule(

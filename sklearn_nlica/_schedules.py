@@ -10,6 +10,7 @@ import torch
 from skorch.callbacks import Callback, LRScheduler
 
 from ._training import TrainingPlan
+from .integrators._base import degree_three_rule
 
 # Optimizer steps of the VAEs' default schedule, whatever the number of rows.
 SCHEDULE_STEPS = 4800
@@ -103,17 +104,19 @@ class ScoreMonitor(Callback):
 
     The module's ``score_samples`` on up to ``n_rows`` rows spread evenly
     over the training data (and over the held-out data, when there is a
-    hold-out), with ``n_nodes`` nodes drawn once from ``seed``: a
-    deterministic function of the parameters, so that its change from epoch
-    to epoch is the model's and not the estimator's noise. Writes ``score``
-    and ``score_loss`` (minus it, for stopping), and ``valid_score`` and
-    ``valid_score_loss`` with a hold-out.
+    hold-out), integrated with the degree-3 rule of ``2 m + 1`` nodes (the
+    centre and two points on each axis): a deterministic function of the
+    parameters, so that its change from epoch to epoch is the model's and
+    not the estimator's noise, and exact for expectations of polynomials of
+    degree 3, which puts it within hundredths of a nat of ``score``. Fewer
+    rows are read when ``m`` is large, to keep its cost at about
+    ``n_rows * 16`` decoder rows. Writes ``score`` and ``score_loss`` (minus
+    it, for stopping), and ``valid_score`` and ``valid_score_loss`` with a
+    hold-out.
     """
 
-    def __init__(self, n_rows=512, n_nodes=4, seed=0):
+    def __init__(self, n_rows=512):
         self.n_rows = n_rows
-        self.n_nodes = n_nodes
-        self.seed = seed
 
     def on_train_begin(self, net, X=None, **kwargs):
         self.fixed_ = {}
@@ -122,18 +125,19 @@ class ScoreMonitor(Callback):
         # The fitted model keeps no copy of the training rows.
         self.fixed_ = {}
 
-    def _rows(self, key, dataset):
+    def _rows(self, key, dataset, n_nodes):
         if key not in self.fixed_:
             n = len(dataset)
-            index = torch.linspace(0, n - 1, min(n, self.n_rows)).round().long()
+            wanted = max(1, min(self.n_rows, self.n_rows * 16 // n_nodes))
+            index = torch.linspace(0, n - 1, min(n, wanted)).round().long()
             self.fixed_[key] = dataset.take(index.to(dataset.x.device))
         return self.fixed_[key]
 
     @torch.no_grad()
     def _score(self, module, key, dataset):
-        part = self._rows(key, dataset)
-        generator = torch.Generator().manual_seed(self.seed)
-        rule = module.rule(part.x, self.n_nodes, generator)
+        rule = degree_three_rule(module.n_components)
+        part = self._rows(key, dataset, rule.n_nodes)
+        rule = rule.to(dtype=part.x.dtype, device=part.x.device)
         return float(module.score_samples(part.x, rule, **part.extras).mean())
 
     def on_epoch_end(self, net, dataset_train=None, dataset_valid=None, **kwargs):

@@ -83,7 +83,8 @@ class VAEICA(LatentVariableModel):
     tol : float, default=1e-4
         Minimum improvement of the monitored ELBO (nats per sample) that
         counts: the ELBO of up to 512 fixed training rows (held-out rows
-        with ``early_stopping``) with 4 fixed nodes, after every epoch.
+        with ``early_stopping``) by a deterministic rule of ``2 m + 1``
+        nodes, after every epoch; it is what the progress bar shows.
     n_iter_no_change : int, default=10
         Stop after this many epochs without a ``tol`` improvement of the
         monitored ELBO.

@@ -72,6 +72,30 @@ def test_score_monitor_records_the_deterministic_score_of_fixed_rows():
     assert again == pytest.approx(history[-1, "score"], abs=1e-4)
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("hidden", [(), (16,)])
+def test_monitored_score_is_the_score_of_its_rows(hidden):
+    # What the progress bar shows and stopping reads is score() on the same
+    # rows: for a linear decoder up to float32 training and score()'s QMC
+    # error (the degree-3 rule integrates the quadratic log-likelihood
+    # exactly), within hundredths of a nat otherwise.
+    X = data(n=300)
+    activation = "identity" if not hidden else "tanh"
+    model = VAEICA(2, hidden_layer_sizes=hidden, activation=activation, max_iter=20)
+    model.set_params(random_state=0).fit(X)
+    monitored = model.net_.history[-1, "score"]
+    assert monitored == pytest.approx(model.score(X), abs=0.02 if hidden else 5e-3)
+
+
+def test_monitor_reads_fewer_rows_for_many_latent_dimensions():
+    monitor = ScoreMonitor(n_rows=512)
+    monitor.fixed_ = {}
+    dataset = TensorData(torch.zeros(1000, 3))
+    assert len(monitor._rows("score", dataset, n_nodes=5).x) == 512
+    monitor.fixed_ = {}
+    assert len(monitor._rows("score", dataset, n_nodes=201).x) == 512 * 16 // 201
+
+
 class RecordThreads(Callback):
     def on_epoch_end(self, net, **kwargs):
         self.seen_ = torch.get_num_threads()

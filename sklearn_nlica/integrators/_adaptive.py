@@ -16,6 +16,7 @@ from ._base import (
     _seed_from,
     _sobol_normal,
     _uniform_log_weights,
+    degree_three_rule,
 )
 from ._newton import Posterior, find_modes, search_set
 from ._prior import _tensor_gauss_hermite
@@ -295,7 +296,7 @@ class Adaptive(Integrator):
         """The small first rule (2 m + 1 nodes, degree 3, positive weights)."""
         return self._cached(
             ("probe", n_dims, str(work)),
-            lambda: _degree_three_rule(n_dims).to(device=work),
+            lambda: degree_three_rule(n_dims).to(device=work),
         )
 
     def _staged_rule(self, posterior, mixture, prior, budget, seed):
@@ -387,20 +388,6 @@ class _Staged(NamedTuple):
     values: torch.Tensor  # (B, K) log h at the nodes, 0 at unused ones
     log_share: torch.Tensor  # (B, K) log(w a_c): the weight before the heuristic
     is_prior: torch.Tensor  # (B, K) bool
-
-
-def _degree_three_rule(n_dims):
-    """Centre and +-a e_i, a^2 = max(3, m + 1), positive weights (float64, CPU).
-
-    Exact for polynomials of degree 3 (and for x_i^4 when a^2 = 3); in one
-    dimension it is the 3-point Gauss-Hermite rule.
-    """
-    scale_sq = max(3.0, n_dims + 1.0)
-    axes = math.sqrt(scale_sq) * torch.eye(n_dims, dtype=torch.float64)
-    nodes = torch.cat([axes.new_zeros(1, n_dims), axes, -axes])
-    weights = torch.full((2 * n_dims + 1,), 0.5 / scale_sq, dtype=torch.float64)
-    weights[0] = 1.0 - n_dims / scale_sq
-    return Rule(nodes, weights.log())
 
 
 def _evaluate(posterior, mixture, base, prior, prior_values, rows):

@@ -416,3 +416,17 @@ def _log_std_normal(z):
     # Not _densities.log_standard_normal: the order of operations differs, and
     # the rules' weights are kept bitwise as they were.
     return -0.5 * (z * z).sum(-1) - 0.5 * z.shape[-1] * LOG_2PI
+
+
+def degree_three_rule(n_dims):
+    """Centre and +-a e_i, a^2 = max(3, m + 1), positive weights (float64, CPU).
+
+    Exact for polynomials of degree 3 (and for x_i^4 when a^2 = 3); in one
+    dimension it is the 3-point Gauss-Hermite rule.
+    """
+    scale_sq = max(3.0, n_dims + 1.0)
+    axes = math.sqrt(scale_sq) * torch.eye(n_dims, dtype=torch.float64)
+    nodes = torch.cat([axes.new_zeros(1, n_dims), axes, -axes])
+    weights = torch.full((2 * n_dims + 1,), 0.5 / scale_sq, dtype=torch.float64)
+    weights[0] = 1.0 - n_dims / scale_sq
+    return Rule(nodes, weights.log())
