@@ -51,7 +51,11 @@ def oracle_mcc(X, S, U, seed):
     """MCC of a supervised regressor of s on (x, u): a practical ceiling."""
     from sklearn.neural_network import MLPRegressor
 
-    features = np.hstack([X, np.eye(U.max() + 1)[U]])
+    if U.dtype.kind in "iu":
+        aux = np.eye(U.max() + 1)[U]
+    else:  # a continuous u, standardised
+        aux = ((U - U.mean(0)) / U.std(0)).reshape(len(U), -1)
+    features = np.hstack([X, aux])
     order = np.random.RandomState(seed).permutation(len(X))
     train, test = order[: len(X) * 3 // 4], order[len(X) * 3 // 4 :]
     regressor = MLPRegressor(

@@ -30,9 +30,9 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import torch
+from bench_ivae import oracle_mcc
 from sklearn.decomposition import FastICA
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.neural_network import MLPRegressor
 
 from sklearn_nlica import VAEICA, IdentifiableVAE
 from sklearn_nlica.datasets import make_segmented_sources
@@ -124,27 +124,6 @@ SETTINGS = {
     "ten_leaky_small": (ours, 20, 500, 10, 2, "leaky_relu"),
     "continuous_u": (continuous, 20, 500, 5, 3, "xtanh"),
 }
-
-
-def oracle_mcc(X, S, U, seed):
-    """MCC of a supervised regressor of s on (x, u): a practical ceiling."""
-    if U.dtype.kind in "iu":
-        aux = np.eye(U.max() + 1)[U]
-    else:
-        aux = (U[:, None] - U.mean()) / U.std()
-    features = np.hstack([X, aux])
-    order = np.random.RandomState(seed).permutation(len(X))
-    train, test = order[: len(X) * 3 // 4], order[len(X) * 3 // 4 :]
-    regressor = MLPRegressor(
-        hidden_layer_sizes=(128, 128),
-        max_iter=100,
-        early_stopping=True,
-        random_state=seed,
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        regressor.fit(features[train], S[train])
-    return mcc(S[test], regressor.predict(features[test]))
 
 
 def run_setting(name, data_seeds, model_seeds):
