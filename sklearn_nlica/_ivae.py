@@ -6,7 +6,6 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 from sklearn.utils._param_validation import StrOptions
-from skorch.callbacks import GradientNormClipping
 
 from ._aux import AuxAttributes, AuxEncoder
 from ._base import LatentVariableModel, check_layer_sizes
@@ -20,7 +19,7 @@ from ._nn import (
     initial_noise_variance,
 )
 from ._schedules import SCHEDULE_STEPS, scheduled_plan
-from ._training import KLWarmup, linear_warm_start
+from ._training import GradientClipping, KLWarmup, linear_warm_start
 from ._validation import NotBoolInterval
 from .integrators import QMC, MonteCarlo
 
@@ -403,7 +402,7 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
             n_steps = max(1, round(self.kl_warmup * n_batches))
             plan.callbacks.append(("kl_warmup", KLWarmup(n_steps)))
         if self.max_grad_norm is not None:
-            clip = GradientNormClipping(gradient_clip_value=self.max_grad_norm)
+            clip = GradientClipping(self.max_grad_norm)
             plan.callbacks.append(("gradient_clipping", clip))
         plan.warm_epochs = warm
         return plan

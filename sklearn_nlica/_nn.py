@@ -248,6 +248,8 @@ class GaussianDecoder(nn.Module):
 
     def forward(self, z):
         """Return the mean g(z) and the variance (scalar, or one per z)."""
+        if self._branch_is_constant():
+            return self.out.bias + self.skip(z), positive(self.raw_noise_variance)
         h = self.hidden(z)
         mean = self.out(h)
         if self.skip is not None:
@@ -255,6 +257,16 @@ class GaussianDecoder(nn.Module):
         if self.variance == "per_sample":
             return mean, positive(self.variance_head(h)).squeeze(-1)
         return mean, positive(self.raw_noise_variance)
+
+    def _branch_is_constant(self):
+        # A residual branch frozen with its output weight at zero (a linear
+        # warm start) adds exactly its output bias, whatever z: computing the
+        # MLP, and back-propagating zeros through it, would change nothing.
+        if self.skip is None or self.variance == "per_sample":
+            return False
+        if any(p.requires_grad for p in self.nonlinear_parameters()):
+            return False
+        return not bool(self.out.weight.any())
 
     def mean(self, z):
         """The decoder mean g(z) alone."""

@@ -457,6 +457,24 @@ class KLWarmup(Callback):
         net.module_.kl_weight = 1.0
 
 
+class GradientClipping(Callback):
+    """Clip the gradient's norm to ``max_norm`` at every step, as skorch's
+    ``GradientNormClipping`` does, on the module's parameters listed once per
+    fit rather than gathered anew at every step."""
+
+    def __init__(self, max_norm):
+        self.max_norm = max_norm
+
+    def on_train_begin(self, net, **kwargs):
+        self.params_ = list(net.module_.parameters())
+
+    def on_grad_computed(self, net, **kwargs):
+        torch.nn.utils.clip_grad_norm_(self.params_, max_norm=self.max_norm)
+
+    def on_train_end(self, net, **kwargs):
+        self.params_ = []
+
+
 class _NameIn:
     """A picklable parameter-name pattern for skorch's ``Freezer``."""
 

@@ -91,3 +91,40 @@ def test_initial_noise_variance_policies():
     assert residual == pytest.approx(0.01, rel=0.2)
     assert initial_noise_variance(x[:1]) == 1.0
     assert initial_noise_variance(torch.zeros(10, 3)) == 1e-3
+
+
+@pytest.mark.parametrize("variance", ["fixed", "shared"])
+def test_frozen_zero_branch_gives_the_same_mean_and_gradients(variance):
+    # During a linear warm start the decoder skips its frozen MLP branch,
+    # whose output weight is zero: same values and gradients as computing it.
+    torch.manual_seed(0)
+    decoder = GaussianDecoder(
+        2, 4, (5, 5), "leaky_relu", variance=variance, residual=True
+    ).double()
+    for p in decoder.nonlinear_parameters():
+        p.requires_grad_(False)
+    assert decoder._branch_is_constant()
+    z = torch.randn(6, 3, 2, dtype=F64, requires_grad=True)
+    fast = decoder.log_prob(torch.ones(4, dtype=F64), z).sum()
+    (grad_fast,) = torch.autograd.grad(fast, z)
+    full = (
+        decoder.out(decoder.hidden(z)) + decoder.skip(z),
+        decoder.noise_variance(),
+    )
+    mean, noise = decoder(z)
+    torch.testing.assert_close(mean, full[0], rtol=0, atol=0)
+    torch.testing.assert_close(noise, full[1], rtol=0, atol=0)
+    slow = (
+        -0.5 * ((1.0 - full[0]).square().sum(-1) / full[1])
+        - 0.5 * 4 * torch.log(2 * torch.pi * full[1])
+    ).sum()
+    (grad_slow,) = torch.autograd.grad(slow, z)
+    torch.testing.assert_close(grad_fast, grad_slow)
+    # Trainable, or with a nonzero output weight, the branch is computed.
+    with torch.no_grad():
+        decoder.out.weight.add_(0.1)
+    assert not decoder._branch_is_constant()
+    with torch.no_grad():
+        decoder.out.weight.zero_()
+    decoder.hidden[0].weight.requires_grad_(True)
+    assert not decoder._branch_is_constant()

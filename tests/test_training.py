@@ -12,6 +12,7 @@ from sklearn_nlica._models import TrainingStep
 from sklearn_nlica._schedules import CosineDecay, cosine_schedule
 from sklearn_nlica._training import (
     EarlyStoppingAfter,
+    GradientClipping,
     HoldOut,
     KLWarmup,
     NumericalGuard,
@@ -319,3 +320,25 @@ def test_a_users_interrupt_propagates_and_early_stopping_does_not():
 
     net = fit_net(Quadratic(), [("stop", StopNow())], max_epochs=4)
     assert len(net.history) == 1
+
+
+def test_gradient_clipping_scales_the_gradient_norm_down_to_its_bound():
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 1)).double()
+    module[0].bias.requires_grad_(False)  # a frozen parameter has no gradient
+    module(torch.randn(5, 3, dtype=torch.float64)).sum().mul(100).backward()
+    grads = [p.grad.clone() for p in module.parameters() if p.grad is not None]
+    norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
+    assert norm > 1.0
+
+    class Net:
+        module_ = module
+
+    clip = GradientClipping(1.0)
+    clip.on_train_begin(Net())
+    clip.on_grad_computed(Net())
+    clipped = [p.grad for p in module.parameters() if p.grad is not None]
+    for g, c in zip(grads, clipped):
+        torch.testing.assert_close(c, g / (norm + 1e-6))
+    clip.on_train_end(Net())
+    assert clip.params_ == []
