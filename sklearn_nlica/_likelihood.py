@@ -25,8 +25,9 @@ class MarginalLikelihood(nn.Module):
     The integrand log N(x; g(z), sigma^2 I) goes through the decoder's last
     linear layer when it is narrower than x (its Gram matrix, see
     :mod:`sklearn_nlica._integrand`); an adaptive rule evaluates it at its
-    nodes already, and those values (``Rule.values``) serve the E-step, the
-    score and the first M-step instead of a second decoder pass, as long as
+    nodes already, and those values (``Rule.values``) serve the E-step and
+    the score (and an M-step, with ``reuse=True``) instead of a second
+    decoder pass, as long as
     the parameters have not changed since the rule was built (a rule used at
     other parameters decodes its nodes again).
     """
