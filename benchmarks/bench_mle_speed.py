@@ -10,7 +10,8 @@ both to the same machine load. The figures: each round's CPU seconds per
 epoch, the per-epoch wall times of the last round (skorch's ``dur``) and the
 ratio MLE / VAE of the CPU seconds summed over the rounds; ``--full`` adds one
 whole default fit of each (``max_iter`` at its default, until the fit's own
-convergence check stops it), per epoch and in total.
+convergence check stops it), per epoch and in total, with its training
+score (the MLE's log-likelihood, the VAE's ELBO).
 
 Usage::
 
@@ -73,11 +74,16 @@ def compare(n_samples, n_features, n_components, rounds, epochs, full):
     if full:
         fits = {}
         for name, cls in (("vae", VAEICA), ("mle", NonlinearICAMLE)):
-            fits[name] = timed_fit(cls(n_components=n_components, random_state=0), X)
-        print(f"  whole default fit: {'epochs':>6} {'CPU s':>7} {'s/epoch':>8}")
-        for name, (seconds, n_epochs, _) in fits.items():
+            estimator = cls(n_components=n_components, random_state=0)
+            fits[name] = (*timed_fit(estimator, X), estimator.score(X))
+        print(
+            f"  whole default fit: {'epochs':>6} {'CPU s':>7} {'s/epoch':>8} "
+            f"{'score(X)':>9}"
+        )
+        for name, (seconds, n_epochs, _, score) in fits.items():
             print(
-                f"  {name:>17}: {n_epochs:6d} {seconds:7.1f} {seconds / n_epochs:8.3f}"
+                f"  {name:>17}: {n_epochs:6d} {seconds:7.1f} {seconds / n_epochs:8.3f} "
+                f"{score:9.4f}"
             )
         ratio = (fits["mle"][0] / fits["mle"][1]) / (fits["vae"][0] / fits["vae"][1])
         print(f"  whole fit MLE / VAE per epoch: {ratio:.1f}")

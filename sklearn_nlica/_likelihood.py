@@ -2,6 +2,7 @@
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from ._integrand import GaussianIntegrand, HeadDecoder
 from ._marginal import (
@@ -24,8 +25,9 @@ class MarginalLikelihood(nn.Module):
     The integrand log N(x; g(z), sigma^2 I) goes through the decoder's last
     linear layer when it is narrower than x (its Gram matrix, see
     :mod:`sklearn_nlica._integrand`); an adaptive rule evaluates it at its
-    nodes already, and those values (``Rule.values``) serve the E-step, the
-    score and the first M-step instead of a second decoder pass, as long as
+    nodes already, and those values (``Rule.values``) serve the E-step and
+    the score (and an M-step, with ``reuse=True``) instead of a second
+    decoder pass, as long as
     the parameters have not changed since the rule was built (a rule used at
     other parameters decodes its nodes again).
     """
@@ -45,14 +47,27 @@ class MarginalLikelihood(nn.Module):
     def noise_variance(self):
         return self.decoder.noise_variance()
 
-    def _integrand_decoder(self):
+    def _integrand_decoder(self, reduced_precision=False):
         """g as the integration functions take it: with its linear last layer
-        exposed when nothing comes after it."""
+        exposed when nothing comes after it.
+
+        ``reduced_precision=True`` runs the hidden layers of a float64
+        decoder in float32 (on float32 copies of their parameters, which
+        autograd maps back) and returns their features in float64: the last
+        layer, the residuals and their sums stay in float64.
+        """
         decoder = self.decoder
         if decoder.skip is not None:
             return self.mean
+        features = decoder.hidden
+        if (
+            reduced_precision
+            and len(features)
+            and decoder.out.weight.dtype == torch.float64
+        ):
+            features = _float32_features(features)
         return HeadDecoder(
-            decoder.hidden,
+            features,
             decoder.out.weight,
             decoder.out.bias,
             decoder.piecewise_linear,
@@ -111,19 +126,30 @@ class MarginalLikelihood(nn.Module):
             values=self._values(rule),
         )
 
-    def em_surrogate(self, x, rule, weights=None, *, min_weight=0.0, reuse=False):
+    def em_surrogate(
+        self,
+        x,
+        rule,
+        weights=None,
+        *,
+        min_weight=0.0,
+        reuse=False,
+        reduced_precision=False,
+    ):
         """The EM surrogate, with the given posterior weights held fixed.
 
         ``reuse=True`` takes the integrand from the rule's own values while
         the parameters are those the rule was built at; otherwise the nodes
-        whose weight is above ``min_weight`` are decoded.
+        whose weight is above ``min_weight`` are decoded, with the decoder's
+        hidden layers in float32 when ``reduced_precision`` is True (an
+        optimizer step's direction, never a reported value).
         """
         values = self._values(rule) if reuse else None
         if values is not None and weights is not None:
             return (weights.detach() * values).sum(1).to(x.dtype)
         return em_surrogate(
             x,
-            self._integrand_decoder(),
+            self._integrand_decoder(reduced_precision),
             rule,
             self.noise_variance(),
             weights=weights,
@@ -168,3 +194,15 @@ class MarginalLikelihood(nn.Module):
     def closed_form_parameters(self):
         """The parameters that EM moves in closed form, at the end of an epoch."""
         return self.decoder.closed_form_parameters()
+
+
+def _float32_features(hidden):
+    """``hidden`` evaluated in float32, its output in float64, differentiable
+    with respect to its (float64) parameters."""
+    params = {name: p.to(torch.float32) for name, p in hidden.named_parameters()}
+
+    def features(z):
+        out = functional_call(hidden, params, (z.to(torch.float32),))
+        return out.to(torch.float64)
+
+    return features

@@ -76,3 +76,25 @@ def test_first_m_step_from_the_rule_values_equals_a_decoder_pass():
         torch.autograd.grad(decoded.sum(), params),
     ):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("n_features", [7, 40])  # direct and Gram-form paths
+def test_reduced_precision_m_step_matches_float64_to_float32_rounding(n_features):
+    module, x = module_and_data((16, 16), n_features=n_features)
+    with torch.no_grad():
+        rule = module.rule(x, generator=seeded())
+    _, weights, _ = module.e_step(x, rule)
+    exact = module.em_surrogate(x, rule, weights)
+    reduced = module.em_surrogate(x, rule, weights, reduced_precision=True)
+    assert reduced.dtype == F64
+    torch.testing.assert_close(reduced, exact, rtol=1e-5, atol=1e-4)
+    params = list(module.decoder.parameters())
+    for a, b in zip(
+        torch.autograd.grad(reduced.sum(), params, allow_unused=True),
+        torch.autograd.grad(exact.sum(), params, allow_unused=True),
+    ):
+        if a is None:
+            assert b is None
+            continue
+        assert a.dtype == F64
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max())
