@@ -6,7 +6,8 @@ per data seed: MCC against the true sources, ``score(X, U)`` (the ELBO) and
 CPU seconds per fit (one thread). The recipe's private knobs are set here:
 ``--schedule-steps`` (the cosine schedule's length in optimizer steps) and
 ``--float32`` (training precision); ``--params`` passes estimator
-parameters as JSON.
+parameters as JSON; ``--activation leaky_relu`` mixes with the leaky ReLU
+instead.
 
     python benchmarks/bench_ivae_recipe.py --schedule-steps 3200
     python benchmarks/bench_ivae_recipe.py --float32 --data-seeds 1 2
@@ -36,6 +37,9 @@ def main(argv=None):
     parser.add_argument("--params", default="{}", help="estimator parameters, JSON")
     parser.add_argument("--schedule-steps", type=int, default=None)
     parser.add_argument("--float32", action="store_true")
+    parser.add_argument(
+        "--activation", default="xtanh", choices=["xtanh", "leaky_relu"]
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     warnings.simplefilter("ignore", ConvergenceWarning)
@@ -52,7 +56,7 @@ def main(argv=None):
             5,
             5,
             n_layers=3,
-            activation="xtanh",
+            activation=args.activation,
             noise_std=0,
             random_state=data_seed,
         )
