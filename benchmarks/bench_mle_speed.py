@@ -11,16 +11,21 @@ epoch, the per-epoch wall times of the last round (skorch's ``dur``) and the
 ratio MLE / VAE of the CPU seconds summed over the rounds; ``--full`` adds one
 whole default fit of each (``max_iter`` at its default, until the fit's own
 convergence check stops it), per epoch and in total, with its training
-score (the MLE's log-likelihood, the VAE's ELBO).
+score (the MLE's log-likelihood, the VAE's ELBO); ``--other`` adds a whole
+MLE fit with other parameters, e.g. the constant rate that the cosine
+schedule replaced.
 
 Usage::
 
     python benchmarks/bench_mle_speed.py                    # ~3 min on one core
     python benchmarks/bench_mle_speed.py --rounds 3 --full
     python benchmarks/bench_mle_speed.py --data 1500 8 3 --epochs 8
+    python benchmarks/bench_mle_speed.py --rounds 1 --full --other \
+        '{"learning_rate_init": 1e-3, "learning_rate_schedule": "constant"}'
 """
 
 import argparse
+import json
 import time
 import warnings
 
@@ -39,7 +44,7 @@ def timed_fit(estimator, X):
     return seconds, estimator.n_iter_, durations
 
 
-def compare(n_samples, n_features, n_components, rounds, epochs, full):
+def compare(n_samples, n_features, n_components, rounds, epochs, full, other=None):
     X, _ = make_nonlinear_ica(
         n_samples=n_samples,
         n_components=n_components,
@@ -73,8 +78,11 @@ def compare(n_samples, n_features, n_components, rounds, epochs, full):
     )
     if full:
         fits = {}
-        for name, cls in (("vae", VAEICA), ("mle", NonlinearICAMLE)):
-            estimator = cls(n_components=n_components, random_state=0)
+        runs = [("vae", VAEICA, {}), ("mle", NonlinearICAMLE, {})]
+        if other:
+            runs.append(("mle, --other", NonlinearICAMLE, other))
+        for name, cls, params in runs:
+            estimator = cls(n_components=n_components, random_state=0, **params)
             fits[name] = (*timed_fit(estimator, X), estimator.score(X))
         print(
             f"  whole default fit: {'epochs':>6} {'CPU s':>7} {'s/epoch':>8} "
@@ -102,11 +110,17 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--full", action="store_true")
+    parser.add_argument(
+        "--other",
+        type=json.loads,
+        default=None,
+        help="with --full, also a whole MLE fit with these parameters (JSON)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")  # convergence warnings of the short fits
     for data in args.data or [(1500, 8, 3), (2000, 20, 2)]:
-        compare(*data, args.rounds, args.epochs, args.full)
+        compare(*data, args.rounds, args.epochs, args.full, args.other)
 
 
 if __name__ == "__main__":

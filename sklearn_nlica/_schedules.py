@@ -14,6 +14,9 @@ from .integrators._base import degree_three_rule
 
 # Optimizer steps of the VAEs' default schedule, whatever the number of rows.
 SCHEDULE_STEPS = 4800
+# Batches (E-steps, each followed by its M-steps) of the maximum-likelihood
+# estimator's default schedule.
+EM_SCHEDULE_BATCHES = 400
 SCHEDULE_EPOCHS = 200
 
 
@@ -68,23 +71,26 @@ def cosine_schedule(n_steps):
     )
 
 
-def scheduled_plan(module, n_batches, n_steps, max_iter, schedule="cosine"):
-    """The plan of a VAE recipe, and the epochs it runs.
+def scheduled_plan(
+    module, n_batches, n_steps, max_iter, schedule="cosine", *, score_monitor=True
+):
+    """The plan of a scheduled recipe, and the epochs it runs.
 
-    A schedule of about ``n_steps`` optimizer steps, whatever the data size
-    (whole epochs, at least one and at most ``SCHEDULE_EPOCHS``, the
-    estimators' default ``max_iter``), that ``max_iter`` can only cut short:
-    with
-    ``schedule="cosine"`` the learning rate decays to 0 over the epochs
+    A schedule of about ``n_steps`` batches (optimizer steps; E-steps for
+    EM), whatever the data size (whole epochs, at least one and at most
+    ``SCHEDULE_EPOCHS``, the estimators' default ``max_iter``), that
+    ``max_iter`` can only cut short: with ``schedule="cosine"`` the learning
+    rate decays to 0 over the epochs
     run, and stopping may end the fit only in its second half, once the
     rate is low enough for the parameters to settle; with ``"constant"`` it
-    stays, and ``max_iter`` alone bounds the fit. A :class:`ScoreMonitor`
-    records the score that stopping reads, and Adam uses its fused kernel
-    where torch has one.
+    stays, and ``max_iter`` alone bounds the fit. With ``score_monitor`` a
+    :class:`ScoreMonitor` records the score that stopping reads (else it
+    reads the training loss), and Adam uses its fused kernel where torch has
+    one.
     """
     wanted = min(max(1, math.ceil(n_steps / max(1, n_batches))), SCHEDULE_EPOCHS)
     epochs = min(wanted, max_iter) if schedule == "cosine" else max_iter
-    callbacks = [("score_monitor", ScoreMonitor())]
+    callbacks = [("score_monitor", ScoreMonitor())] if score_monitor else []
     if schedule == "cosine":
         callbacks.append(("lr_schedule", cosine_schedule(epochs * n_batches)))
     device = next(module.parameters()).device
@@ -93,7 +99,7 @@ def scheduled_plan(module, n_batches, n_steps, max_iter, schedule="cosine"):
         net_kwargs=fused,
         callbacks=callbacks,
         planned_epochs=wanted if schedule == "cosine" else None,
-        monitor="score_loss",
+        monitor="score_loss" if score_monitor else None,
         warm_epochs=epochs // 2 if schedule == "cosine" else 0,
     )
     return plan, epochs

@@ -14,8 +14,10 @@ from sklearn.base import clone
 from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
+from skorch.callbacks import Callback
 
 from sklearn_nlica import NonlinearICAMLE
+from sklearn_nlica import _mle as mle_module
 from sklearn_nlica._densities import inverse_positive
 from sklearn_nlica._em import latent_standardisation
 from sklearn_nlica._marginal import NonPositiveIntegralError
@@ -329,6 +331,68 @@ def test_default_fit_matches_pca_on_held_out_data(n_features, noise):
     assert abs(mle.score(X_test) - ppca_mle_score(pca, len(X_train), X_test)) < 0.01
     assert mle.noise_variance_ == pytest.approx(noise**2, rel=0.1)
     assert mle.n_iter_ < 50  # EM stops on its own
+
+
+class _Rates(Callback):
+    """Records Adam's learning rate at every training batch."""
+
+    def __init__(self):
+        self.rates = []
+
+    def on_batch_begin(self, net, training=False, **kwargs):
+        if training:
+            self.rates.append(net.optimizer_.param_groups[0]["lr"])
+
+
+def test_em_rate_decays_over_its_scheduled_batches(monkeypatch):
+    monkeypatch.setattr(mle_module, "EM_SCHEDULE_BATCHES", 8)
+    X, _, _ = ppca_data(400, n_features=4)
+    rates = _Rates()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)  # it runs its plan
+        mle = NonlinearICAMLE(
+            2,
+            hidden_layer_sizes=(4,),
+            batch_size=100,
+            callbacks=[("rates", rates)],
+            random_state=0,
+        ).fit(X)
+    assert mle.n_iter_ == 2  # 8 batches of 100 rows
+    assert rates.rates[0] == pytest.approx(mle.learning_rate_init)
+    assert np.all(np.diff(rates.rates) < 0)
+    assert rates.rates[-1] < 0.1 * mle.learning_rate_init
+    with pytest.warns(ConvergenceWarning) as caught:
+        NonlinearICAMLE(
+            2,
+            hidden_layer_sizes=(4,),
+            batch_size=100,
+            max_iter=1,
+        ).fit(X)
+    assert sum(w.category is ConvergenceWarning for w in caught) == 1
+
+
+def test_exact_em_and_a_constant_schedule_keep_the_rate():
+    X, _, _ = ppca_data(200, n_features=4)
+    for params in (
+        LINEAR,
+        {
+            "hidden_layer_sizes": (4,),
+            "max_iter": 2,
+            "learning_rate_schedule": "constant",
+        },
+    ):
+        rates = _Rates()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            mle = NonlinearICAMLE(
+                2,
+                batch_size=50,
+                callbacks=[("rates", rates)],
+                random_state=0,
+                **params,
+            ).fit(X)
+        assert "lr_schedule" not in dict(mle.net_.callbacks_)
+        assert set(rates.rates) == {mle.learning_rate_init}
 
 
 def test_em_never_decreases_the_likelihood():
