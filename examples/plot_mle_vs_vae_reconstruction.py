@@ -114,7 +114,7 @@ plt.show()
 # observations themselves are at a disparity of about 0.75 from
 # :math:`f(z)` (0.96 for sigmoid), the reconstructions at about 0.3. For
 # every activation the maximum-likelihood reconstruction is the closer one,
-# by 0.004 to 0.03. In the plots the red points of both cover the blue
+# by 0.008 to 0.034. In the plots the red points of both cover the blue
 # cloud (the ReLU and leaky ReLU corner with its two arms, the round tanh
 # cloud), the VAE's a little more loosely. Under sigmoid the signal,
 # confined to :math:`(0, 1)^{20}`, has a variance of a few hundredths per

@@ -94,14 +94,14 @@ plt.show()
 
 # %%
 # What to see. The maximum-likelihood fits reproduce both data sets: draws
-# along the S-shaped curve with its thickness (the fitted noise standard
-# deviation is the true 0.05), and a square with its edges and the dense
+# along the S-shaped curve with its thickness (fitted noise standard
+# deviations 0.050 and 0.056, the truth 0.05), and a square with its edges and the dense
 # corner at the top right. The VAE's draws are blurred versions: a band
 # around the curve a little thicker than the data's (noise standard
-# deviation 0.063 against 0.05), and on the square a diffuse cloud that
-# loses the edges and the dense corner: its noise standard deviation, 0.21,
-# is four times the truth. Its reconstructions stay close to the data (a
-# Procrustes disparity of 0.015) and its posterior means have variances
+# deviation 0.064 against 0.05), and on the square a diffuse cloud that
+# loses the edges and the dense corner: its noise standard deviation, 0.167,
+# is over three times the truth. Its reconstructions stay close to the data
+# (a Procrustes disparity of 0.017) and its posterior means have variances
 # near the prior's 1 (printed above), so the blur is the noise the ELBO
 # chose: it trades decoder noise against its KL term point by point, while
 # the likelihood integrates the decoder over the prior itself.
