@@ -289,11 +289,8 @@ class NonlinearICAMLE(LatentVariableModel):
 
     def _schedule(self, module, n_batches):
         """The cosine schedule's plan, or a plain one for a constant rate."""
-        closed_form = {id(p) for p in module.closed_form_parameters()}
-        exact_em = self.solver == "em" and all(
-            id(p) in closed_form for p in module.parameters()
-        )
-        # Exact EM (a linear decoder) never steps the optimizer.
+        # EM with a linear decoder is exact: it never steps the optimizer.
+        exact_em = self.solver == "em" and module.decoder.is_linear
         if self.learning_rate_schedule == "constant" or exact_em:
             return TrainingPlan()
         # No score monitor: a likelihood needs the adaptive rule, which costs
