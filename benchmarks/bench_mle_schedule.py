@@ -7,6 +7,14 @@ until the cosine schedule replaced it) and one with the default
 torch thread. Prints the epochs run, the training
 log-likelihood ``score(X)`` with the default 64 nodes and with 1,024 (the
 rule's own error shows as their difference) and the CPU seconds of the fit.
+The solver's settings can be set too, to compare whole fits with and
+without a change: ``--m-step-nodes``, the nodes per row that each M-step
+resamples (``M_STEP_NODES``; ``all`` decodes every node above the weight
+cut, as before resampling), and ``--warm-tol``, the Newton decrement at
+which a warm-started mode is kept (``0.01``, the cold tolerance, as
+before). ``--seeds`` fits each variant from several model seeds (the data
+stay those of seed 0): the trajectories are chaotic, and single fits of
+one setting differ by up to 0.1 nat from seed to seed.
 
 Data sets (``make_nonlinear_ica``, random_state 0): ``nlica``, the ``nlica
 mle`` command's built-in data (2,000 x 10, m = 2, noise 0.1, standardised);
@@ -17,18 +25,23 @@ m = 3 and 2,000 x 20, m = 2, the generator's default noise); ``low-10`` and
     python benchmarks/bench_mle_schedule.py
     python benchmarks/bench_mle_schedule.py --data nlica bench-8 --batches 200 400
     python benchmarks/bench_mle_schedule.py --data low-8 --batches 160 --rate 1e-2
+    python benchmarks/bench_mle_schedule.py --no-constant --seeds 0 1 2 \
+        --m-step-nodes all --warm-tol 0.01
 """
 
 import argparse
 import time
 import warnings
+from itertools import product
 
 import torch
 from sklearn.preprocessing import StandardScaler
 
 from sklearn_nlica import NonlinearICAMLE
+from sklearn_nlica import _em as em_module
 from sklearn_nlica import _mle as mle_module
 from sklearn_nlica.datasets import make_nonlinear_ica
+from sklearn_nlica.integrators import _newton
 
 DATA = {
     "nlica": (2000, 10, 2, 0.1, True),
@@ -52,9 +65,9 @@ def load(name):
     return (StandardScaler().fit_transform(X) if standardise else X), m
 
 
-def fit(X, m, params):
+def fit(X, m, params, seed):
     start = time.process_time()
-    model = NonlinearICAMLE(m, random_state=0, **params).fit(X)
+    model = NonlinearICAMLE(m, random_state=seed, **params).fit(X)
     seconds = time.process_time() - start
     score = model.score(X)
     precise = model.set_params(n_nodes=1024).score(X)
@@ -67,11 +80,19 @@ def main():
     parser.add_argument("--batches", type=int, nargs="+", default=[400])
     parser.add_argument("--rate", type=float, default=3e-3, help="the cosine's start")
     parser.add_argument("--no-constant", action="store_true")
+    parser.add_argument(
+        "--warm-tol", type=float, default=_newton._WARM_TOL, help="Newton's, warm"
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="models")
+    parser.add_argument(
+        "--m-step-nodes", nargs="+", default=[str(em_module.M_STEP_NODES)]
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
-    header = ("data", "schedule", "epochs", "score", "1024", "CPU s")
-    print("{:>9} {:>16} {:>6} {:>9} {:>9} {:>6}".format(*header))
+    _newton._WARM_TOL = args.warm_tol
+    header = ("data", "schedule", "nodes", "seed", "epochs", "score", "1024", "CPU s")
+    print("{:>9} {:>16} {:>5} {:>4} {:>6} {:>9} {:>9} {:>6}".format(*header))
     for name in args.data:
         X, m = load(name)
         constant = {"learning_rate_schedule": "constant", "learning_rate_init": 1e-3}
@@ -80,15 +101,17 @@ def main():
             (f"cosine {b} {args.rate:g}", {"learning_rate_init": args.rate}, b)
             for b in args.batches
         ]
-        for label, params, batches in variants:
-            if batches is not None:
-                mle_module.EM_SCHEDULE_BATCHES = batches
-            epochs, score, precise, seconds = fit(X, m, params)
-            print(
-                f"{name:>9} {label:>16} {epochs:6d} {score:9.4f} {precise:9.4f} "
-                f"{seconds:6.1f}",
-                flush=True,
-            )
+        for nodes in args.m_step_nodes:
+            em_module.M_STEP_NODES = None if nodes == "all" else int(nodes)
+            for (label, params, batches), seed in product(variants, args.seeds):
+                if batches is not None:
+                    mle_module.EM_SCHEDULE_BATCHES = batches
+                epochs, score, precise, seconds = fit(X, m, params, seed)
+                print(
+                    f"{name:>9} {label:>16} {nodes:>5} {seed:4d} {epochs:6d} "
+                    f"{score:9.4f} {precise:9.4f} {seconds:6.1f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

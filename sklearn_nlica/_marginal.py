@@ -42,7 +42,7 @@ from ._densities import (
     as_variance,
     gaussian_loglik_matrix,
 )
-from ._integrand import GaussianIntegrand, pairwise_loglik
+from ._integrand import GaussianIntegrand, HeadDecoder, pairwise_loglik
 
 __all__ = [
     "NonPositiveIntegralError",
@@ -171,7 +171,7 @@ def _check_rule(x, rule):
         )
 
 
-def _blocks(x, rule, chunk_size):
+def _blocks(x, decoder, rule, chunk_size):
     """(rows, cols) slices: node chunks for shared nodes, point chunks otherwise."""
     n_points, n_features = x.shape
     n_nodes = rule.n_nodes
@@ -181,6 +181,10 @@ def _blocks(x, rule, chunk_size):
             (slice(None), slice(start, start + size))
             for start in range(0, n_nodes, size)
         ]
+    # A per-point node of a projecting decoder costs its features, not the
+    # n outputs (the integrand goes through their Gram matrix).
+    if isinstance(decoder, HeadDecoder) and decoder.projects:
+        n_features = decoder.weight.shape[1]
     size = chunk_size or max(1, CHUNK_ELEMENTS // max(1, n_nodes * n_features))
     return [
         (slice(start, start + size), slice(None)) for start in range(0, n_points, size)
@@ -232,7 +236,7 @@ def _log_terms(x, decoder, nodes, log_weights, noise_variance):
 def _log_marginal(x, decoder, rule, noise_variance, chunk_size):
     """log p(x) in the accumulation dtype."""
     _check_rule(x, rule)
-    blocks = _blocks(x, rule, chunk_size)
+    blocks = _blocks(x, decoder, rule, chunk_size)
     if rule.shared:
 
         def partial(x, nodes, log_weights, signs, noise_variance):
@@ -313,7 +317,7 @@ def _posterior_blocks(x, decoder, rule, noise_variance, chunk_size=None):
     several blocks need log p(x) from a first pass; otherwise every block
     holds all the nodes of its rows and gives its own.
     """
-    blocks = _blocks(x, rule, chunk_size)
+    blocks = _blocks(x, decoder, rule, chunk_size)
     log_p = None
     if rule.shared and len(blocks) > 1:
         log_p = _log_marginal(x, decoder, rule, noise_variance, chunk_size)
@@ -463,7 +467,7 @@ def em_surrogate(
         In the dtype of ``x``.
     """
     _check_rule(x, rule)
-    blocks = _blocks(x, rule, chunk_size)
+    blocks = _blocks(x, decoder, rule, chunk_size)
     if weights is None and len(blocks) == 1 and rule.shared:
         # One pass: the weights come from the same (detached) log-likelihoods.
         nodes, log_weights, signs = _block_rule(rule, *blocks[0])

@@ -75,11 +75,13 @@ class NonlinearICAMLE(LatentVariableModel):
         per epoch, from the E-steps of all batches, the exact M-step for
         sigma^2 (and for the whole decoder when it is linear: EM for
         probabilistic PCA) and the parameter-expansion step. The recorded
-        loss is minus log p(x) at each batch's E-step. For float64 data the
-        M-steps run the decoder's hidden layers in float32 (the residuals
-        and the surrogate's sums stay in float64); the E-step, the
-        closed-form updates, the recorded loss and every score stay in the
-        data's dtype.
+        loss is minus log p(x) at each batch's E-step. With the adaptive
+        rule each M-step decodes 8 nodes per row, drawn afresh from the
+        posterior weights (systematic resampling: an unbiased estimate of
+        the surrogate). For float64 data the M-steps run the decoder's
+        hidden layers in float32 (the residuals and the surrogate's sums
+        stay in float64); the E-step, the closed-form updates, the recorded
+        loss and every score stay in the data's dtype.
         ``"adam"``: joint gradient ascent on log p(x) for decoder and sigma^2.
         ``"alternating"``: a decoder step, then a sigma^2 step with its own
         step size ``noise_learning_rate`` (gradient ascent with Adam).

@@ -4,8 +4,15 @@ M-steps and the parameter-expansion step, and the driver that combines them."""
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from sklearn_nlica._em import EMNet, EStepStatistics, latent_standardisation
+from sklearn_nlica._em import (
+    EMNet,
+    EStepStatistics,
+    latent_standardisation,
+    systematic_resample,
+)
 from sklearn_nlica._models import MarginalLikelihood
 from sklearn_nlica._nn import GaussianDecoder
 from sklearn_nlica._training import TensorBatches, TensorData
@@ -92,6 +99,42 @@ def test_latent_standardisation_is_the_symmetric_root():
     root = latent_standardisation(cov)
     torch.testing.assert_close(root, root.T)
     torch.testing.assert_close(root @ root, cov)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    weights=st.lists(
+        st.one_of(st.just(0.0), st.floats(1e-6, 1.0)), min_size=1, max_size=12
+    ).filter(lambda w: sum(w) > 0),
+    n_draws=st.integers(1, 16),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_systematic_resampling_draws_each_node_its_share_rounded(
+    weights, n_draws, seed
+):
+    w = torch.tensor([weights], dtype=F64)
+    w = w / w.sum()
+    torch.manual_seed(seed)
+    drawn = systematic_resample(w, n_draws)
+    counts = drawn * n_draws
+    assert torch.allclose(counts, counts.round())
+    # Evenly spaced draws put floor or ceil of n w_i on node i, none on w_i = 0.
+    expected = n_draws * w
+    assert bool((counts >= (expected - 1e-9).floor()).all())
+    assert bool((counts <= (expected + 1e-9).ceil()).all())
+    assert float(drawn.sum()) == pytest.approx(1.0)
+
+
+def test_systematic_resampling_is_unbiased():
+    gen = torch.Generator().manual_seed(0)
+    w = torch.rand(4, 20, generator=gen, dtype=F64) ** 3
+    w[:, ::5] = 0.0
+    w = w / w.sum(1, keepdim=True)
+    torch.manual_seed(0)
+    n_repeats = 4000
+    mean = sum(systematic_resample(w, 8) for _ in range(n_repeats)) / n_repeats
+    # Each entry's draw share has a variance below 1 / (4 * 8**2).
+    assert float((mean - w).abs().max()) < 5 * (1 / 16) / n_repeats**0.5
 
 
 @pytest.mark.parametrize("hidden", [(), (6,)])

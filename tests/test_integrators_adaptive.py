@@ -232,3 +232,33 @@ def test_adaptive_base_rules_are_cached_in_the_instance(base, monkeypatch):
     for rule in rules:
         assert torch.equal(rule.nodes, fresh.nodes)
         assert torch.equal(rule.log_weights, fresh.log_weights)
+
+
+def test_warm_starts_near_the_mode_are_kept_without_newton_steps(monkeypatch):
+    from sklearn_nlica.integrators import _newton
+
+    gen = seeded(4)
+    x = torch.randn(5, 2, generator=gen, dtype=torch.float64)
+    log_integrand, exact = gaussian_integrand(x, torch.tensor(1.0).double(), 0.1)
+    precision = 1.0 + 1.0 / 0.1**2
+    mode = x / 0.1**2 / precision
+    # A fifth of a posterior standard deviation off the mode along each axis:
+    # a Newton decrement of 0.08, within the warm tolerance, not the cold one.
+    warm = (mode + 0.2 / precision**0.5)[:, None, :]
+    calls = []
+    derivatives = _newton.Posterior.derivatives
+    monkeypatch.setattr(
+        _newton.Posterior,
+        "derivatives",
+        lambda self, z, active: (
+            calls.append(int(active.sum())) or derivatives(self, z, active)
+        ),
+    )
+    rule = Adaptive().rule(
+        2, 64, log_integrand=log_integrand, generator=seeded(), warm_start=warm
+    )
+    assert calls == [5]  # one evaluation per point, no step, no search
+    np.testing.assert_allclose(rule.modes[:, 0], warm[:, 0])
+    # The nodes sit on the kept centre; the weights keep the rule exact.
+    log_p = torch.logsumexp(rule.log_weights + log_integrand(rule.nodes), dim=1)
+    np.testing.assert_allclose(log_p, exact, atol=1e-8)
