@@ -95,7 +95,7 @@ plt.show()
 # %%
 # What to see. The maximum-likelihood fits reproduce both data sets: draws
 # along the S-shaped curve with its thickness (fitted noise standard
-# deviations 0.050 and 0.056, the truth 0.05), and a square with its edges and the dense
+# deviations 0.049 and 0.061, the truth 0.05), and a square with its edges and the dense
 # corner at the top right. The VAE's draws are blurred versions: a band
 # around the curve a little thicker than the data's (noise standard
 # deviation 0.064 against 0.05), and on the square a diffuse cloud that

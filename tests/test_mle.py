@@ -371,6 +371,23 @@ def test_em_rate_decays_over_its_scheduled_batches(monkeypatch):
     assert sum(w.category is ConvergenceWarning for w in caught) == 1
 
 
+def test_em_runs_its_whole_schedule_whatever_the_training_loss(monkeypatch):
+    # A tolerance no epoch can beat: only the schedule may end the fit,
+    # unless a held-out likelihood is asked for.
+    monkeypatch.setattr(mle_module, "EM_SCHEDULE_BATCHES", 16)
+    X, _, _ = ppca_data(200, n_features=4)
+    params = dict(
+        hidden_layer_sizes=(4,),
+        batch_size=100,
+        n_iter_no_change=1,
+        tol=1e6,
+        random_state=0,
+    )
+    assert NonlinearICAMLE(2, **params).fit(X).n_iter_ == 8
+    held_out = NonlinearICAMLE(2, early_stopping=True, **params).fit(X)
+    assert held_out.n_iter_ < 8
+
+
 def test_exact_em_and_a_constant_schedule_keep_the_rate():
     X, _, _ = ppca_data(200, n_features=4)
     for params in (
