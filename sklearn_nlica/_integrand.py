@@ -89,6 +89,15 @@ def _decode(decoder, z):
     return means.reshape(z.shape[:-1] + means.shape[-1:])
 
 
+def pair_width(decoder, n_features):
+    """Elements that one (point, node) pair holds: a projecting decoder's
+    features (the integrand goes through their Gram matrix), else the n
+    outputs."""
+    if isinstance(decoder, HeadDecoder) and decoder.projects:
+        return decoder.weight.shape[1]
+    return n_features
+
+
 def _pair_chunks(n_pairs, width, size=None):
     """Slices of ``size`` pairs, or of about CHUNK_ELEMENTS / width."""
     size = size or max(1, CHUNK_ELEMENTS // max(1, width))
@@ -206,7 +215,7 @@ class GaussianIntegrand:
 
     def pairs(self, rows, z):
         """log h_{rows[p]}(z[p]) for pairs of rows (P,) and points z (P, m)."""
-        width = self.decoder.weight.shape[1] if self.projected else self.x.shape[1]
+        width = pair_width(self.decoder, self.x.shape[1])
         parts = [
             self._log_density(self._pair_sq_dist(rows[part], z[part]))
             for part in _pair_chunks(len(rows), width, self.chunk_size)
@@ -234,7 +243,7 @@ class GaussianIntegrand:
 
         In the accumulation dtype, without a graph.
         """
-        width = self.decoder.weight.shape[1] if self.projected else self.x.shape[1]
+        width = pair_width(self.decoder, self.x.shape[1])
         parts = [
             self._pair_derivatives(rows[part], z[part])
             for part in _pair_chunks(

@@ -42,7 +42,7 @@ from ._densities import (
     as_variance,
     gaussian_loglik_matrix,
 )
-from ._integrand import GaussianIntegrand, HeadDecoder, pairwise_loglik
+from ._integrand import GaussianIntegrand, pair_width, pairwise_loglik
 
 __all__ = [
     "NonPositiveIntegralError",
@@ -181,11 +181,8 @@ def _blocks(x, decoder, rule, chunk_size):
             (slice(None), slice(start, start + size))
             for start in range(0, n_nodes, size)
         ]
-    # A per-point node of a projecting decoder costs its features, not the
-    # n outputs (the integrand goes through their Gram matrix).
-    if isinstance(decoder, HeadDecoder) and decoder.projects:
-        n_features = decoder.weight.shape[1]
-    size = chunk_size or max(1, CHUNK_ELEMENTS // max(1, n_nodes * n_features))
+    width = pair_width(decoder, n_features)
+    size = chunk_size or max(1, CHUNK_ELEMENTS // max(1, n_nodes * width))
     return [
         (slice(start, start + size), slice(None)) for start in range(0, n_points, size)
     ]
