@@ -307,9 +307,8 @@ class NonlinearICAMLE(LatentVariableModel):
         )
         if not self.early_stopping:
             # Late in the decay the training loss gains less per epoch than
-            # its batch-to-batch noise: stopping on it ended fits of a few
-            # batches an epoch a third short of the schedule, 0.06 nat below
-            # its end. The schedule alone ends them.
+            # its batch-to-batch noise, so stopping on it ends fits short of
+            # the schedule by chance; the schedule alone ends them.
             plan.warm_epochs = epochs
         return plan
 

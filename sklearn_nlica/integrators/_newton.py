@@ -34,9 +34,7 @@ _NEWTON_TOL = 1e-2
 # The same for a warm start (a mode kept from the rule of an earlier step):
 # a decrement of 0.3 puts it within 0.55 posterior standard deviations, where
 # the Laplace component is as good a proposal (the base rule still integrates
-# the ratio to it almost exactly): about two thirds of the warm starts of an
-# EM epoch stop at once and the rest after a step or two, where the tight
-# tolerance made nine in ten take steps and a few take eight.
+# the ratio to it almost exactly), so most warm starts need no step at all.
 _WARM_TOL = 0.3
 # A start that no step fraction improves has stalled; it counts as converged
 # when its Newton decrement promises less than this (nats): a piecewise linear
