@@ -49,7 +49,8 @@ class BatchLRScheduler(LRScheduler):
 def restart_schedule(net, epochs):
     """Plan a continued fit (``warm_start``, ``partial_fit``) like a new one:
     a cosine decay over its ``epochs`` from the initial rate, and stopping
-    held back over their first half. Resumed instead, a finished decay would
+    held back over their first half, or over all of them where the first
+    fit's plan never let it stop. Resumed instead, a finished decay would
     train at a rate of 0."""
     callbacks = dict(net.callbacks_)
     schedule = callbacks.get("lr_schedule")
@@ -57,7 +58,9 @@ def restart_schedule(net, epochs):
         return
     batches = net.history[:, "train_batch_count"]
     schedule.lr_lambda = CosineDecay(epochs * batches[-1], start=sum(batches))
-    callbacks["early_stopping"].start_epoch = len(batches) + epochs // 2
+    stopping = callbacks["early_stopping"]
+    never = stopping.start_epoch >= len(batches)
+    stopping.start_epoch = len(batches) + (epochs if never else epochs // 2)
     net.planned_epochs_ = epochs
 
 

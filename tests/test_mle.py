@@ -383,7 +383,10 @@ def test_em_runs_its_whole_schedule_whatever_the_training_loss(monkeypatch):
         tol=1e6,
         random_state=0,
     )
-    assert NonlinearICAMLE(2, **params).fit(X).n_iter_ == 8
+    mle = NonlinearICAMLE(2, **params).fit(X)
+    assert mle.n_iter_ == 8
+    # A continued fit plans its schedule anew, and runs it all too.
+    assert mle.set_params(warm_start=True, max_iter=6).fit(X).n_iter_ == 14
     held_out = NonlinearICAMLE(2, early_stopping=True, **params).fit(X)
     assert held_out.n_iter_ < 8
 
