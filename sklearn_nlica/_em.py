@@ -260,10 +260,10 @@ class EMNet(ObjectiveNet):
         self._keep_modes(rows, rule.modes)
         log_p, weights, residual = model.e_step(x, rule)
         self.statistics_.add(x, rule.nodes, weights, residual)
+        # Per-row nodes with positive weights (a rule without signs), read
+        # off the rule instead of the weights: no device sync per batch.
         resample = (
-            M_STEP_NODES is not None
-            and rule.nodes.dim() == 3
-            and not bool((weights < 0).any())
+            M_STEP_NODES is not None and rule.nodes.dim() == 3 and rule.signs is None
         )
         for _ in range(n_steps):
             self.optimizer_.zero_grad()
