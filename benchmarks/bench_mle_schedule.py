@@ -10,11 +10,13 @@ rule's own error shows as their difference) and the CPU seconds of the fit.
 The solver's settings can be set too, to compare whole fits with and
 without a change: ``--m-step-nodes``, the nodes per row that each M-step
 resamples (``M_STEP_NODES``; ``all`` decodes every node above the weight
-cut, as before resampling), and ``--warm-tol``, the Newton decrement at
-which a warm-started mode is kept (``0.01``, the cold tolerance, as
-before). ``--seeds`` fits each variant from several model seeds (the data
-stay those of seed 0): the trajectories are chaotic, and single fits of
-one setting differ by up to 0.1 nat from seed to seed.
+cut, as before resampling); ``--warm-tol``, the Newton decrement at which
+a warm-started mode is kept (``0.01``, the cold tolerance, as before);
+``--refine-tol``, the adaptive rule's ``refine_tol`` during training only
+(the scores use the default rule). ``--seeds`` fits each variant from
+several model seeds (the data stay those of seed 0): the trajectories are
+chaotic, and single fits of one setting differ by up to 0.1 nat from seed
+to seed.
 
 Data sets (``make_nonlinear_ica``, random_state 0): ``nlica``, the ``nlica
 mle`` command's built-in data (2,000 x 10, m = 2, noise 0.1, standardised);
@@ -27,6 +29,7 @@ m = 3 and 2,000 x 20, m = 2, the generator's default noise); ``low-10`` and
     python benchmarks/bench_mle_schedule.py --data low-8 --batches 160 --rate 1e-2
     python benchmarks/bench_mle_schedule.py --no-constant --seeds 0 1 2 \
         --m-step-nodes all --warm-tol 0.01
+    python benchmarks/bench_mle_schedule.py --no-constant --refine-tol 0.05 1e9
 """
 
 import argparse
@@ -41,7 +44,7 @@ from sklearn_nlica import NonlinearICAMLE
 from sklearn_nlica import _em as em_module
 from sklearn_nlica import _mle as mle_module
 from sklearn_nlica.datasets import make_nonlinear_ica
-from sklearn_nlica.integrators import _newton
+from sklearn_nlica.integrators import Adaptive, _newton
 
 DATA = {
     "nlica": (2000, 10, 2, 0.1, True),
@@ -69,6 +72,7 @@ def fit(X, m, params, seed):
     start = time.process_time()
     model = NonlinearICAMLE(m, random_state=seed, **params).fit(X)
     seconds = time.process_time() - start
+    model.net_.module_.integrator = Adaptive()  # scores by the default rule
     score = model.score(X)
     precise = model.set_params(n_nodes=1024).score(X)
     return model.n_iter_, score, precise, seconds
@@ -87,12 +91,16 @@ def main():
     parser.add_argument(
         "--m-step-nodes", nargs="+", default=[str(em_module.M_STEP_NODES)]
     )
+    parser.add_argument(
+        "--refine-tol", type=float, nargs="+", default=[Adaptive().refine_tol]
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
     _newton._WARM_TOL = args.warm_tol
-    header = ("data", "schedule", "nodes", "seed", "epochs", "score", "1024", "CPU s")
-    print("{:>9} {:>16} {:>5} {:>4} {:>6} {:>9} {:>9} {:>6}".format(*header))
+    header = ("data", "schedule", "nodes", "refine", "seed", "epochs", "score")
+    header += ("1024", "CPU s")
+    print("{:>9} {:>16} {:>5} {:>6} {:>4} {:>6} {:>9} {:>9} {:>6}".format(*header))
     for name in args.data:
         X, m = load(name)
         constant = {"learning_rate_schedule": "constant", "learning_rate_init": 1e-3}
@@ -101,14 +109,15 @@ def main():
             (f"cosine {b} {args.rate:g}", {"learning_rate_init": args.rate}, b)
             for b in args.batches
         ]
-        for nodes in args.m_step_nodes:
+        for nodes, tol in product(args.m_step_nodes, args.refine_tol):
             em_module.M_STEP_NODES = None if nodes == "all" else int(nodes)
             for (label, params, batches), seed in product(variants, args.seeds):
                 if batches is not None:
                     mle_module.EM_SCHEDULE_BATCHES = batches
+                params = {**params, "integrator": Adaptive(refine_tol=tol)}
                 epochs, score, precise, seconds = fit(X, m, params, seed)
                 print(
-                    f"{name:>9} {label:>16} {nodes:>5} {seed:4d} {epochs:6d} "
+                    f"{name:>9} {label:>16} {nodes:>5} {tol:6g} {seed:4d} {epochs:6d} "
                     f"{score:9.4f} {precise:9.4f} {seconds:6.1f}",
                     flush=True,
                 )

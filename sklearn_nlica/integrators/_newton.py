@@ -47,7 +47,8 @@ _KINK_TOL = 0.1
 # Two Newton end points closer than this squared Mahalanobis distance (one
 # posterior standard deviation) are the same mode.
 _SAME_MODE = 1.0
-# Log-mass handicap (nats) of a Newton start that did not converge.
+# Log-mass handicap (nats) of a Newton start that did not converge (unless it
+# is the highest point its point's starts reached: see _laplace).
 _STALLED_PENALTY = 1000.0
 
 
@@ -362,8 +363,13 @@ def _laplace(ascent, valid, n_modes):
     )
     # A stalled start is no mode, and its Laplace "mass" can be far too large
     # (a wide, wrong scale): it would swallow a true mode within its width.
-    # It only counts when none of the point's starts converged.
-    log_mass = torch.where(ascent.converged, log_mass, log_mass - _STALLED_PENALTY)
+    # It only counts when none of the point's starts converged, or when it is
+    # the highest point found: then it stalled at the mode itself, on a kink
+    # (where piecewise linear decoders put most modes), and the penalty would
+    # leave that mode a mixture weight far below the defensive prior's.
+    best = torch.where(ascent.converged & valid, ascent.value, -math.inf)
+    trusted = ascent.converged | (ascent.value >= best.amax(1, keepdim=True))
+    log_mass = torch.where(trusted, log_mass, log_mass - _STALLED_PENALTY)
     log_mass = torch.where(valid, log_mass, torch.full_like(log_mass, -math.inf))
     return distinct_modes(
         ascent.z, ascent.eigenvalues, ascent.eigenvectors, log_mass, n_modes
