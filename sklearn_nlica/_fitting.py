@@ -39,6 +39,11 @@ from .integrators import get_integrator
 # of a latent's posterior mean over them below which it counts as collapsed.
 ACTIVITY_ROWS = 2000
 ACTIVITY_THRESHOLD = 1e-2
+# The parameters that a continued fit (warm_start, partial_fit) takes as they
+# are now; every other one was built into the fitted model or its training.
+CONTINUABLE = frozenset(
+    {"learning_rate_init", "max_iter", "on_interrupt", "warm_start"}
+)
 
 
 class FitMixin:
@@ -94,11 +99,13 @@ class FitMixin:
         state = dict(self.__dict__)
         try:
             if warm:
+                self._check_continuable()
                 # fit plans its epochs anew; partial_fit follows the plan.
                 net, caught = self._continue(X, y, epochs, restart=warn)
             else:
                 net, caught = self._fit_restarts(X, y, epochs)
             self.net_ = net
+            self._fitted_settings = self.get_params(deep=False)
             self._store_history(net, warn and net.epochs_run_ == epochs)
             self._store_activity(X, y)
             for w in caught:
@@ -136,12 +143,44 @@ class FitMixin:
         net.module_.to(_input_dtype(X))
         return net, caught
 
+    def _check_continuable(self):
+        """Refuse a continued fit whose parameters changed where it cannot
+        follow them: they were built into the fitted model and its training."""
+        fitted = getattr(self, "_fitted_settings", None)
+        if fitted is None:
+            return
+        changed = [
+            name
+            for name, value in self.get_params(deep=False).items()
+            if name not in CONTINUABLE and not _same_setting(value, fitted[name])
+        ]
+        if changed:
+            now = ", ".join(f"{name}={getattr(self, name)!r}" for name in changed)
+            then = ", ".join(f"{name}={fitted[name]!r}" for name in changed)
+            raise ValueError(
+                f"{type(self).__name__} continues its fitted model (warm_start=True "
+                f"or partial_fit), which was built and trained with {then}: it "
+                f"cannot take {now}. Set them back, or fit anew (warm_start=False); "
+                f"a continued fit takes only {', '.join(sorted(CONTINUABLE))} as "
+                "they are now."
+            )
+
     def _continue(self, X, y, epochs, restart):
         """Train a copy of the fitted net for ``epochs`` more epochs, with a
-        learning-rate schedule restarted over them or resumed."""
+        learning-rate schedule restarted over them or resumed, at the current
+        ``learning_rate_init``."""
         X = self._validate_X(X, reset=False)
         condition = self._condition(y, X.shape[0])
         net = copy.deepcopy(self.net_)
+        fitted = getattr(self, "_fitted_settings", {})
+        _set_base_rate(
+            net,
+            fitted.get("learning_rate_init", self.learning_rate_init),
+            self.learning_rate_init,
+        )
+        guard = dict(net.callbacks_).get("numerical_guard")
+        if guard is not None:
+            guard.advice = self._numerics_advice(X, continued=True)
         if restart:
             restart_schedule(net, epochs)
         evaluation = next(net.module_.parameters()).dtype
@@ -258,7 +297,7 @@ class FitMixin:
             callbacks.append(("progress_bar", bar))
         return callbacks + list(self.callbacks or [])
 
-    def _numerics_advice(self, X):
+    def _numerics_advice(self, X, continued=False):
         """What to change when training blows up, given these data and settings."""
         tips = [f"lower learning_rate_init (now {self.learning_rate_init:g})"]
         spread = np.nanstd(X, axis=0) if X.size else np.ones(1)
@@ -269,7 +308,8 @@ class FitMixin:
             tips.append("use float64 input")
         if self.noise_variance is not None:
             tips.append(
-                f"set noise_variance (now {self.noise_variance:g}) nearer "
+                ("fit anew (warm_start=False) with " if continued else "set ")
+                + f"noise_variance (now {self.noise_variance:g}) nearer "
                 "the data's variance, or None to learn it"
             )
         return "; ".join(tips)
@@ -338,3 +378,26 @@ def as_tensor(array, dtype, device):
     array = np.asarray(array)
     kind = torch.long if array.dtype.kind in "iu" else dtype
     return torch.as_tensor(array, dtype=kind, device=device)
+
+
+def _same_setting(a, b):
+    """Whether two parameter values are the same setting (arrays by value)."""
+    if a is b:
+        return True
+    try:
+        return bool(np.shape(a) == np.shape(b) and np.all(np.asarray(a == b)))
+    except (TypeError, ValueError):
+        return False
+
+
+def _set_base_rate(net, old, new):
+    """Train ``net`` on at ``new`` where it trained at ``old`` (the
+    schedule's base rate; groups with a rate of their own keep it)."""
+    if new == old:
+        return
+    for group in net.optimizer_.param_groups:
+        if group.get("initial_lr", group["lr"]) == old:
+            group["lr"] = new * group["lr"] / old
+            if "initial_lr" in group:
+                group["initial_lr"] = new
+    net.lr = new

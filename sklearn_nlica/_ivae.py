@@ -143,6 +143,9 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
     warm_start : bool, default=False
         When fitted, :meth:`fit` trains the fitted model ``max_iter`` more
         epochs (same features; a cosine schedule is planned anew over them).
+        A continued fit (this or :meth:`partial_fit`) takes ``max_iter``,
+        ``learning_rate_init`` and ``on_interrupt`` as they are now, and
+        refuses a change to any other parameter (``ValueError``).
     on_interrupt : {"raise", "keep"}, default="raise"
         What a Ctrl-C (KeyboardInterrupt) during fitting does: ``"raise"``
         stops and leaves the estimator as it was; ``"keep"`` keeps the

@@ -110,6 +110,9 @@ class VAEICA(LatentVariableModel):
         ``max_iter`` more epochs instead of starting anew (the data must
         have the same features), its cosine schedule planned anew over
         them; :meth:`partial_fit` follows the first fit's schedule instead.
+        A continued fit (this or :meth:`partial_fit`) takes ``max_iter``,
+        ``learning_rate_init`` and ``on_interrupt`` as they are now, and
+        refuses a change to any other parameter (``ValueError``).
     on_interrupt : {"raise", "keep"}, default="raise"
         What a Ctrl-C (KeyboardInterrupt) during fitting does: ``"raise"``
         stops and leaves the estimator as it was; ``"keep"`` keeps the

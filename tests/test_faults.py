@@ -403,6 +403,39 @@ def test_warm_start_and_partial_fit_continue(kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_a_continued_fit_refuses_settings_built_into_the_model(kind):
+    X, u = data()
+    estimator = fit(make(kind, warm_start=True), X, u)
+    before = snapshot(estimator, X, u)
+    estimator.set_params(hidden_layer_sizes=(3,), tol=0.5)
+    with pytest.raises(ValueError, match=r"hidden_layer_sizes=\(8,\), tol=0.0001"):
+        fit(estimator, X, u)
+    with pytest.raises(ValueError, match=r"cannot take hidden_layer_sizes=\(3,\)"):
+        estimator.partial_fit(X, *args(estimator, u))
+    assert_same(before, snapshot(estimator, X, u))
+    # Set back, or changed where a continued fit follows them: it continues.
+    estimator.set_params(hidden_layer_sizes=(8,), tol=1e-4, max_iter=1)
+    estimator.set_params(learning_rate_init=estimator.learning_rate_init / 2)
+    assert fit(estimator, X, u).n_iter_ == before["n_iter_"] + 1
+
+
+@pytest.mark.parametrize("kind", ["vae", "mle"])
+def test_a_continued_fit_trains_at_the_current_learning_rate(kind):
+    # The decoder's output layer moves only by the optimizer in both.
+    X, u = data()
+    first = fit(make(kind, warm_start=True), X, u)
+    weights = first.net_.module_.decoder.out.weight.detach().clone()
+    moved = {}
+    for rate in (first.learning_rate_init, 1e-30):
+        estimator = pickle.loads(pickle.dumps(first))
+        fit(estimator.set_params(learning_rate_init=rate), X, u)
+        change = estimator.net_.module_.decoder.out.weight.detach() - weights
+        moved[rate] = float(change.abs().max())
+    assert moved[first.learning_rate_init] > 1e-4
+    assert moved[1e-30] < 1e-20
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_fit_leaves_the_callers_torch_state_alone(kind):
     X, u = data()
     threads = torch.get_num_threads()
