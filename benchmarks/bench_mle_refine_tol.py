@@ -18,10 +18,9 @@ import time
 import warnings
 
 import torch
-from bench_mle_schedule import DATA, load
-from bench_mle_warm_start import rebuild_rules
+from bench_mle_schedule import DATA
+from bench_mle_warm_start import fitted_models, rebuild_rules
 
-from sklearn_nlica import NonlinearICAMLE
 from sklearn_nlica.integrators import _adaptive
 
 
@@ -49,33 +48,27 @@ def main():
         f"{'mean err':>9} {'mean|err|':>9} {'max|err|':>9} "
         f"{'kept mean':>9} {'kept max':>9}"
     )
-    for name in args.data:
-        X, m = load(name)
-        x = torch.as_tensor(X)
-        for epochs in args.epochs:
-            fitted = NonlinearICAMLE(m, max_iter=epochs, random_state=0).fit(X)
-            model, net = fitted.net_.module_, fitted.net_
-            with torch.no_grad():
-                cold = model.rule(x, n_nodes=1024, generator=torch.Generator())
-                reference = model.log_likelihood(x, cold)
-                for tol in args.tols:
-                    model.integrator.refine_tol = tol
-                    kept.clear()
-                    start = time.process_time()
-                    log_p = rebuild_rules(model, x, net.row_modes_, net.rule_seed_)
-                    seconds = time.process_time() - start
-                    small = torch.cat(kept)
-                    error = log_p - reference
-                    on_small = error[small] if bool(small.any()) else error.new_zeros(1)
-                    print(
-                        f"{name:>8} {epochs:6d} {tol:5g} "
-                        f"{float(small.double().mean()):6.1%} {seconds:6.2f} "
-                        f"{float(error.mean()):9.2e} {float(error.abs().mean()):9.2e} "
-                        f"{float(error.abs().max()):9.2e} "
-                        f"{float(on_small.mean()):9.2e} "
-                        f"{float(on_small.abs().max()):9.2e}",
-                        flush=True,
-                    )
+    models = fitted_models(args.data, args.epochs)
+    for name, epochs, x, model, net, reference in models:
+        with torch.no_grad():
+            for tol in args.tols:
+                model.integrator.refine_tol = tol
+                kept.clear()
+                start = time.process_time()
+                log_p = rebuild_rules(model, x, net.row_modes_, net.rule_seed_)
+                seconds = time.process_time() - start
+                small = torch.cat(kept)
+                error = log_p - reference
+                on_small = error[small] if bool(small.any()) else error.new_zeros(1)
+                print(
+                    f"{name:>8} {epochs:6d} {tol:5g} "
+                    f"{float(small.double().mean()):6.1%} {seconds:6.2f} "
+                    f"{float(error.mean()):9.2e} {float(error.abs().mean()):9.2e} "
+                    f"{float(error.abs().max()):9.2e} "
+                    f"{float(on_small.mean()):9.2e} "
+                    f"{float(on_small.abs().max()):9.2e}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":
