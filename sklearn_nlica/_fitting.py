@@ -391,8 +391,9 @@ def _same_setting(a, b):
 
 
 def _set_base_rate(net, old, new):
-    """Train ``net`` on at ``new`` where it trained at ``old`` (the
-    schedule's base rate; groups with a rate of their own keep it)."""
+    """Make ``new`` the base rate of ``net``'s optimizer where ``old`` was
+    (the schedule keeps its position; groups with a rate of their own, such
+    as the MLE's noise_learning_rate, keep it)."""
     if new == old:
         return
     for group in net.optimizer_.param_groups:
