@@ -17,7 +17,7 @@ from sklearn.utils import check_random_state
 from skorch.utils import noop
 
 from ._densities import MIN_VARIANCE
-from ._schedules import restart_schedule, thread_policy
+from ._schedules import restart_schedule, set_base_rate, thread_policy
 from ._training import (
     EarlyStoppingAfter,
     EpochProgressBar,
@@ -173,7 +173,7 @@ class FitMixin:
         condition = self._condition(y, X.shape[0])
         net = copy.deepcopy(self.net_)
         fitted = getattr(self, "_fitted_settings", {})
-        _set_base_rate(
+        set_base_rate(
             net,
             fitted.get("learning_rate_init", self.learning_rate_init),
             self.learning_rate_init,
@@ -388,17 +388,3 @@ def _same_setting(a, b):
         return bool(np.shape(a) == np.shape(b) and np.all(np.asarray(a == b)))
     except (TypeError, ValueError):
         return False
-
-
-def _set_base_rate(net, old, new):
-    """Make ``new`` the base rate of ``net``'s optimizer where ``old`` was
-    (the schedule keeps its position; groups with a rate of their own, such
-    as the MLE's noise_learning_rate, keep it)."""
-    if new == old:
-        return
-    for group in net.optimizer_.param_groups:
-        if group.get("initial_lr", group["lr"]) == old:
-            group["lr"] = new * group["lr"] / old
-            if "initial_lr" in group:
-                group["initial_lr"] = new
-    net.lr = new

@@ -64,6 +64,20 @@ def restart_schedule(net, epochs):
     net.planned_epochs_ = epochs
 
 
+def set_base_rate(net, old, new):
+    """Make ``new`` the base rate of ``net``'s optimizer where ``old`` was
+    (the schedule keeps its position; groups with a rate of their own, such
+    as the MLE's noise_learning_rate, keep it)."""
+    if new == old:
+        return
+    for group in net.optimizer_.param_groups:
+        if group.get("initial_lr", group["lr"]) == old:
+            group["lr"] = new * group["lr"] / old
+            if "initial_lr" in group:
+                group["initial_lr"] = new
+    net.lr = new
+
+
 def cosine_schedule(n_steps):
     """A cosine decay to 0 over ``n_steps`` batches."""
     return BatchLRScheduler(
