@@ -97,11 +97,11 @@ plt.show()
 # along the S-shaped curve with its thickness (fitted noise standard
 # deviations 0.049 and 0.061, the truth 0.05), and a square with its edges and the dense
 # corner at the top right. The VAE's draws are blurred versions: a band
-# around the curve a little thicker than the data's (noise standard
-# deviation 0.064 against 0.05), and on the square a diffuse cloud that
-# loses the edges and the dense corner: its noise standard deviation, 0.167,
-# is over three times the truth. Its reconstructions stay close to the data
-# (a Procrustes disparity of 0.017) and its posterior means have variances
+# around the curve about as thick as the data's (noise standard
+# deviation 0.052 against 0.05), and on the square a diffuse cloud that
+# loses the edges and the dense corner: its noise standard deviation, 0.201,
+# is four times the truth. Its reconstructions stay close to the data
+# (a Procrustes disparity of 0.015) and its posterior means have variances
 # near the prior's 1 (printed above), so the blur is the noise the ELBO
 # chose: it trades decoder noise against its KL term point by point, while
 # the likelihood integrates the decoder over the prior itself.

@@ -9,10 +9,9 @@ from sklearn.utils._param_validation import StrOptions
 
 from ._aux import AuxAttributes, AuxEncoder
 from ._base import LatentVariableModel, check_layer_sizes
+from ._conditional_prior import PRIOR_FAMILIES, ConditionalPrior
 from ._models import IdentifiableVAEModule
 from ._nn import (
-    PRIOR_FAMILIES,
-    ConditionalPrior,
     FullCovarianceGaussianEncoder,
     GaussianDecoder,
     GaussianEncoder,

@@ -57,7 +57,7 @@ class MarginalLikelihood(nn.Module):
         layer, the residuals and their sums stay in float64.
         """
         decoder = self.decoder
-        if decoder.skip is not None:
+        if decoder.skip is not None or decoder.output_scale is not None:
             return self.mean
         features = decoder.hidden
         if (

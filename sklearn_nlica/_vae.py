@@ -7,7 +7,12 @@ from sklearn.utils._param_validation import StrOptions
 
 from ._base import LatentVariableModel, check_layer_sizes
 from ._models import VAE
-from ._nn import GaussianDecoder, GaussianEncoder, initial_noise_variance
+from ._nn import (
+    GaussianDecoder,
+    GaussianEncoder,
+    feature_scales,
+    initial_noise_variance,
+)
 from ._schedules import SCHEDULE_STEPS, scheduled_plan
 from ._validation import NotBoolInterval
 from .integrators import QMC, MonteCarlo
@@ -159,7 +164,11 @@ class VAEICA(LatentVariableModel):
     batch's maximiser of the ELBO; independent reparameterisation noise for
     each row; Adam with a cosine learning-rate decay over a fixed number of
     steps; stopping on a deterministic ELBO of fixed rows; float32 training
-    (scores in the input's precision).
+    (scores in the input's precision). The networks work in standardised
+    units (the encoder reads each feature centred and divided by its training
+    standard deviation, the decoder's outputs are multiplied back), so
+    features on any scale train alike; the model, with one noise variance in
+    X's units, is the same.
 
     References
     ----------
@@ -263,8 +272,14 @@ class VAEICA(LatentVariableModel):
         mode = self._decoder_variance_mode()
         hidden = check_layer_sizes(self.hidden_layer_sizes)
         initial = self.noise_variance if mode == "fixed" else initial_noise_variance(x)
+        # The networks work in standardised units, the model in X's units.
+        loc, scale = feature_scales(x)
         encoder = GaussianEncoder(
-            x.shape[1], self.n_components, hidden, self.activation
+            x.shape[1],
+            self.n_components,
+            hidden,
+            self.activation,
+            input_scaling=(loc, scale),
         )
         decoder = GaussianDecoder(
             self.n_components,
@@ -273,7 +288,8 @@ class VAEICA(LatentVariableModel):
             self.activation,
             variance="fixed" if mode == "optimal" else mode,
             noise_variance=initial,
-            mean_init=x.mean(0),
+            mean_init=loc,
+            output_scale=scale,
         )
         integrator = self._new_integrator()
         return VAE(

@@ -19,7 +19,7 @@ LAYERS = {
         "metrics",
         "datasets",
     ],
-    "models": ["_nn", "_likelihood", "_models"],
+    "models": ["_nn", "_conditional_prior", "_likelihood", "_models"],
     "training": ["_training", "_schedules", "_em"],
     "estimators": [
         "_fitting",

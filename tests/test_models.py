@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from sklearn_nlica._conditional_prior import ConditionalPrior
 from sklearn_nlica._densities import inverse_positive
 from sklearn_nlica._models import (
     VAE,
@@ -18,7 +19,6 @@ from sklearn_nlica._models import (
     training_rule,
 )
 from sklearn_nlica._nn import (
-    ConditionalPrior,
     FullCovarianceGaussianEncoder,
     GaussianDecoder,
     GaussianEncoder,

@@ -10,6 +10,7 @@ from sklearn_nlica._nn import (
     FullCovarianceGaussianEncoder,
     GaussianDecoder,
     GaussianEncoder,
+    feature_scales,
     initial_noise_variance,
 )
 
@@ -91,6 +92,55 @@ def test_initial_noise_variance_policies():
     assert residual == pytest.approx(0.01, rel=0.2)
     assert initial_noise_variance(x[:1]) == 1.0
     assert initial_noise_variance(torch.zeros(10, 3)) == 1e-3
+
+
+def test_feature_scales_floor_constant_features():
+    rng = np.random.RandomState(0)
+    x = rng.randn(200, 3) * [100.0, 1.0, 0.0] + [5.0, -1.0, 7.0]
+    loc, scale = feature_scales(torch.as_tensor(x))
+    np.testing.assert_allclose(loc.numpy(), x.mean(0))
+    rms = np.sqrt(np.mean(x.std(0) ** 2))
+    np.testing.assert_allclose(
+        scale.numpy(), [x[:, 0].std(), x[:, 1].std(), 0.01 * rms]
+    )
+    _, ones = feature_scales(torch.full((4, 2), 3.0))
+    assert torch.equal(ones, torch.ones(2))
+
+
+@pytest.mark.parametrize("hidden", [(), (5,)])
+def test_output_scale_is_a_change_of_units_only(hidden):
+    # A decoder whose layers work in units of ``scale`` is the same g(z) as
+    # one whose last layer carries the scale; writes take the data's units.
+    torch.manual_seed(0)
+    scale = torch.tensor([100.0, 0.5, 2.0], dtype=F64)
+    mean = torch.tensor([1.0, -2.0, 3.0], dtype=F64)
+    scaled = GaussianDecoder(
+        2, 3, hidden, "tanh", mean_init=mean, output_scale=scale
+    ).double()
+    plain = GaussianDecoder(2, 3, hidden, "tanh").double()
+    plain.load_state_dict(scaled.state_dict(), strict=False)
+    z = torch.randn(7, 2, dtype=F64)
+    with torch.no_grad():
+        plain.out.weight.mul_(scale.unsqueeze(1))
+        plain.out.bias.copy_(mean)
+        torch.testing.assert_close(scaled.mean(z), plain.mean(z))
+        if not hidden:
+            W = torch.randn(3, 2, dtype=F64)
+            scaled.set_linear(W, mean)
+            torch.testing.assert_close(scaled.mean(z), z @ W.T + mean)
+
+
+def test_input_scaling_standardises_the_encoder_input():
+    torch.manual_seed(0)
+    loc = torch.tensor([10.0, -3.0], dtype=F64)
+    scale = torch.tensor([50.0, 0.1], dtype=F64)
+    encoder = GaussianEncoder(2, 2, (4,), "tanh", input_scaling=(loc, scale))
+    encoder = encoder.double()
+    plain = GaussianEncoder(2, 2, (4,), "tanh").double()
+    plain.load_state_dict(encoder.state_dict(), strict=False)
+    x = loc + scale * torch.randn(6, 2, dtype=F64)
+    for got, expected in zip(encoder(x), plain((x - loc) / scale)):
+        torch.testing.assert_close(got, expected)
 
 
 @pytest.mark.parametrize("variance", ["fixed", "shared"])

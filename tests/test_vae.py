@@ -29,8 +29,10 @@ def ppca_data(n_samples=2000, n_features=5, n_components=2, noise=0.5, seed=0):
 
 def exact_ppca_loglik(vae, X):
     """log N(x; b, W W^T + sigma^2 I) of a fitted linear VAE's decoder."""
-    out = vae.module_.decoder.out
-    W, b = out.weight.detach(), out.bias.detach()
+    decoder, m = vae.module_.decoder, vae.n_components
+    with torch.no_grad():
+        b = decoder.mean(torch.zeros(m, dtype=torch.float64))
+        W = (decoder.mean(torch.eye(m, dtype=torch.float64)) - b).T
     cov = W @ W.T + vae.noise_variance_ * torch.eye(W.shape[0], dtype=W.dtype)
     return (
         torch.distributions.MultivariateNormal(b, cov)
@@ -91,6 +93,22 @@ def test_elbo_below_importance_weighted_below_exact(linear_vae):
     assert abs(iw[100] - exact.mean()) < 0.1
     assert elbo.mean() <= iw[5000] <= exact.mean() + 0.01
     assert abs(iw[5000] - exact.mean()) < 0.02
+
+
+def test_features_on_any_scale_train_the_same_model():
+    # The networks work in standardised units: rescaling and shifting X gives
+    # the same latents and a log-density shifted by the Jacobian, -n log c.
+    # Trained in raw units, a scale of 1000 left the first fit far from this.
+    X, _ = make_nonlinear_ica(400, 2, 4, random_state=0)
+    kwargs = dict(max_iter=5, random_state=0)
+    vae = VAEICA(2, **kwargs).fit(X)
+    scaled = VAEICA(2, **kwargs).fit(1000.0 * X + 5.0)
+    np.testing.assert_allclose(
+        scaled.transform(1000.0 * X + 5.0), vae.transform(X), atol=2e-3
+    )
+    assert scaled.noise_variance_ == pytest.approx(1e6 * vae.noise_variance_, 1e-3)
+    expected = vae.score(X) - 4 * np.log(1000.0)
+    assert scaled.score(1000.0 * X + 5.0) == pytest.approx(expected, abs=1e-2)
 
 
 def test_reproducible_and_leaves_global_rng_alone():
