@@ -14,12 +14,11 @@ absolute, over all rows and over the rows that kept the small rule.
 """
 
 import argparse
-import time
 import warnings
 
 import torch
 from bench_mle_schedule import DATA
-from bench_mle_warm_start import fitted_models, rebuild_rules
+from bench_mle_warm_start import fitted_models, timed_rebuilds
 
 from sklearn_nlica.integrators import _adaptive
 
@@ -48,27 +47,25 @@ def main():
         f"{'mean err':>9} {'mean|err|':>9} {'max|err|':>9} "
         f"{'kept mean':>9} {'kept max':>9}"
     )
+
+    def set_tol(model, tol):
+        model.integrator.refine_tol = tol
+
     models = fitted_models(args.data, args.epochs)
-    for name, epochs, x, model, net, reference in models:
-        with torch.no_grad():
-            for tol in args.tols:
-                model.integrator.refine_tol = tol
-                kept.clear()
-                start = time.process_time()
-                log_p = rebuild_rules(model, x, net.row_modes_, net.rule_seed_)
-                seconds = time.process_time() - start
-                small = torch.cat(kept)
-                error = log_p - reference
-                on_small = error[small] if bool(small.any()) else error.new_zeros(1)
-                print(
-                    f"{name:>8} {epochs:6d} {tol:5g} "
-                    f"{float(small.double().mean()):6.1%} {seconds:6.2f} "
-                    f"{float(error.mean()):9.2e} {float(error.abs().mean()):9.2e} "
-                    f"{float(error.abs().max()):9.2e} "
-                    f"{float(on_small.mean()):9.2e} "
-                    f"{float(on_small.abs().max()):9.2e}",
-                    flush=True,
-                )
+    for name, epochs, tol, seconds, error in timed_rebuilds(
+        models, args.tols, set_tol, kept
+    ):
+        small = torch.cat(kept)
+        on_small = error[small] if bool(small.any()) else error.new_zeros(1)
+        print(
+            f"{name:>8} {epochs:6d} {tol:5g} "
+            f"{float(small.double().mean()):6.1%} {seconds:6.2f} "
+            f"{float(error.mean()):9.2e} {float(error.abs().mean()):9.2e} "
+            f"{float(error.abs().max()):9.2e} "
+            f"{float(on_small.mean()):9.2e} "
+            f"{float(on_small.abs().max()):9.2e}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

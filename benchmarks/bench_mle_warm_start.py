@@ -52,6 +52,21 @@ def fitted_models(names, epochs_list):
             yield name, epochs, x, model, net, reference
 
 
+def timed_rebuilds(models, tols, set_tol, recorder):
+    """For each model of ``fitted_models`` and each tolerance: set it with
+    ``set_tol(module, tol)``, empty ``recorder`` and rebuild every row's rule
+    from its stored modes; yield (name, epochs, tol, CPU seconds, the error
+    of each row's log-likelihood against the cold reference)."""
+    for name, epochs, x, model, net, reference in models:
+        for tol in tols:
+            set_tol(model, tol)
+            recorder.clear()
+            start = time.process_time()
+            with torch.no_grad():
+                log_p = rebuild_rules(model, x, net.row_modes_, net.rule_seed_)
+            yield name, epochs, tol, time.process_time() - start, log_p - reference
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", nargs="+", default=["nlica"], choices=list(DATA))
@@ -72,22 +87,20 @@ def main():
         f"{'data':>8} {'epochs':>6} {'tol':>5} {'CPU s':>6} {'entries':>8} "
         f"{'calls':>5} {'mean err':>9} {'max |err|':>9}"
     )
+
+    def set_tol(model, tol):
+        _newton._WARM_TOL = tol
+
     models = fitted_models(args.data, args.epochs)
-    for name, epochs, x, model, net, reference in models:
-        with torch.no_grad():
-            for tol in args.tols:
-                _newton._WARM_TOL = tol
-                entries.clear()
-                start = time.process_time()
-                log_p = rebuild_rules(model, x, net.row_modes_, net.rule_seed_)
-                seconds = time.process_time() - start
-                error = log_p - reference
-                print(
-                    f"{name:>8} {epochs:6d} {tol:5g} {seconds:6.2f} "
-                    f"{sum(entries):8d} {len(entries):5d} "
-                    f"{float(error.mean()):9.2e} {float(error.abs().max()):9.2e}",
-                    flush=True,
-                )
+    for name, epochs, tol, seconds, error in timed_rebuilds(
+        models, args.tols, set_tol, entries
+    ):
+        print(
+            f"{name:>8} {epochs:6d} {tol:5g} {seconds:6.2f} "
+            f"{sum(entries):8d} {len(entries):5d} "
+            f"{float(error.mean()):9.2e} {float(error.abs().max()):9.2e}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -216,8 +216,8 @@ class GaussianDecoder(nn.Module):
     ``residual=True`` the mean is ``b + W z + out(MLP(z))`` with ``out``'s
     weights starting at zero: a linear decoder that can grow nonlinear.
     ``output_scale`` (n,) multiplies the mean feature by feature: the layers
-    then work in standardised units while g(z), sigma^2 and the model stay
-    in the data's units (``set_linear`` takes and ``mean_init`` is in those).
+    then work in standardised units, while g(z), sigma^2, ``mean_init`` and
+    the weights ``set_linear`` writes are in the data's units.
     """
 
     def __init__(
@@ -350,7 +350,9 @@ class GaussianDecoder(nn.Module):
     @torch.no_grad()
     def set_linear(self, weight, bias):
         """Write a linear decoder's weight (n, m) and bias (n,)."""
-        self.out.weight.copy_(self._unscaled(weight.T).T)
+        if self.output_scale is not None:
+            weight = weight / self.output_scale.unsqueeze(1)
+        self.out.weight.copy_(weight)
         self.out.bias.copy_(self._unscaled(bias))
 
     @torch.no_grad()
