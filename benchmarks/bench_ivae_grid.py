@@ -16,13 +16,15 @@ the MCC of IdentifiableVAE per model seed, and VAEICA's and FastICA's. A
 setting counts as possible when its ceiling is at least 0.95; there the
 acceptance asks for a median iVAE MCC of at least 0.95 and every fit at
 least 0.85. ``--jobs 2`` runs the settings in two processes (one thread
-each); the figures are CPU seconds of the iVAE fits.
+each); the figures are CPU seconds of the iVAE fits. ``--params`` passes
+estimator parameters as JSON (``'{"whiten": false}'``).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_ivae_grid.py --jobs 2
     python benchmarks/bench_ivae_grid.py --settings default leaky_relu --data-seeds 0
 """
 
 import argparse
+import json
 import statistics
 import time
 import warnings
@@ -126,7 +128,7 @@ SETTINGS = {
 }
 
 
-def run_setting(name, data_seeds, model_seeds):
+def run_setting(name, data_seeds, model_seeds, params):
     torch.set_num_threads(1)
     warnings.simplefilter("ignore", ConvergenceWarning)
     generator, n_segments, n_per_segment, m, n_layers, activation = SETTINGS[name]
@@ -139,7 +141,8 @@ def run_setting(name, data_seeds, model_seeds):
         for model_seed in model_seeds:
             start = time.process_time()
             try:
-                model = IdentifiableVAE(m, random_state=model_seed).fit(X, U)
+                model = IdentifiableVAE(m, random_state=model_seed, **params)
+                model.fit(X, U)
                 fits.append(mcc(S, model.transform(X)))
             except FloatingPointError:
                 fits.append(float("nan"))
@@ -211,12 +214,14 @@ def main(argv=None):
     parser.add_argument("--data-seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--model-seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--params", default="{}", help="estimator parameters, JSON")
     args = parser.parse_args(argv)
+    params = json.loads(args.params)
     print(
-        f"IdentifiableVAE() defaults; data seeds {args.data_seeds}, model seeds "
+        f"IdentifiableVAE(**{params}); data seeds {args.data_seeds}, model seeds "
         f"{args.model_seeds}; one thread a process, {args.jobs} process(es)"
     )
-    work = [(name, args.data_seeds, args.model_seeds) for name in args.settings]
+    work = [(name, args.data_seeds, args.model_seeds, params) for name in args.settings]
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs) as pool:
             results = pool.map(run_setting, *zip(*work))

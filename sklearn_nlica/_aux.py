@@ -6,7 +6,10 @@ like scikit-learn validates a target, and turns it into what the model
 takes: class codes (int64) or standardised covariates (float, 2-D). It also
 keeps the training distribution of u (the class shares, or a reference
 sample of rows), over which the model mixes when u is not given.
+:class:`ConditionalMixin` holds the estimator methods that take u.
 """
+
+from numbers import Integral
 
 import numpy as np
 import scipy.sparse as sp
@@ -188,9 +191,38 @@ class AuxEncoder:
         return Y.reshape(len(Y), -1)
 
 
-class AuxAttributes:
-    """The fitted attributes of an estimator whose fitted ``_encoding`` is an
-    :class:`AuxEncoder`."""
+class ConditionalMixin:
+    """The estimator methods that read u through the fitted ``_encoding`` (an
+    :class:`AuxEncoder`): its fitted attributes, and sampling given u."""
+
+    def _condition(self, y, n_samples):
+        return {"u": self._encoding.transform(y, n_samples)}
+
+    def sample(self, n_samples=1, y=None, random_state=None):
+        """Draw z from p(z | u), then x from p(x | z).
+
+        Parameters
+        ----------
+        n_samples : int, default=1
+        y : array-like of shape (n_samples,) or (n_samples, k), or one value, \
+                default=None
+            The auxiliary variable of each draw; a single label or row is
+            used for all. None draws u from its training distribution.
+        random_state : int, RandomState instance or None, default=None
+            Seeds the draw; None uses the estimator's ``random_state``.
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, n_features)
+        Z : ndarray of shape (n_samples, n_components)
+        """
+        condition = None
+        if y is not None:
+            y = np.atleast_1d(y)
+            if len(y) == 1 and isinstance(n_samples, Integral) and n_samples > 1:
+                y = np.repeat(y, n_samples, axis=0)
+            condition = self._condition_arrays(y, n_samples)
+        return self._sample(n_samples, random_state, condition)
 
     @property
     def classes_(self):

@@ -118,6 +118,8 @@ class LatentVariableModel(
     _node_budgets = ("n_nodes",)
     # Whether the model needs an injective mixing (n_components <= n_features).
     _injective = False
+    # The fitted whitening of X (see _whitening_for); None: X's own units.
+    _whitening = None
 
     # ---- hooks ---------------------------------------------------------------
 
@@ -137,6 +139,11 @@ class LatentVariableModel(
     def _condition(self, y, n_samples):
         """Encode ``y`` for the fitted model ({} for unconditional models)."""
         return {}
+
+    def _whitening_for(self, X):
+        """The whitening (``_whitening.Whitening``) that the model is fitted
+        in, for training data ``X``; None fits it in X's units."""
+        return None
 
     # ---- fitting -------------------------------------------------------------
 
@@ -194,7 +201,10 @@ class LatentVariableModel(
         )
         # Values must stay finite in the precision the model computes in.
         dtype = self._numpy_training_dtype(X) if reset else self._numpy_dtype
-        return check_finite_range(X, dtype)
+        X = check_finite_range(X, dtype)
+        if reset:
+            self._whitening = self._whitening_for(X)
+        return X if self._whitening is None else self._whitening.transform(X)
 
     def _numpy_training_dtype(self, X):
         return np.float32 if self._training_dtype(X) == torch.float32 else np.float64
@@ -290,12 +300,23 @@ class LatentVariableModel(
         return self._predict(X, "posterior_mean", y)
 
     def _score_samples(self, X, y=None):
-        return self._predict(X, "score_samples", y)
+        return self._in_x_units(self._predict(X, "score_samples", y))
 
     def _log_likelihood(self, X, y=None, n_samples=None):
         check_is_fitted(self)
         n_nodes = max(self.n_nodes, 1024) if n_samples is None else n_samples
-        return self._predict(X, "log_likelihood", y, _count(n_nodes, "n_samples"))
+        count = _count(n_nodes, "n_samples")
+        return self._in_x_units(self._predict(X, "log_likelihood", y, count))
+
+    def _in_x_units(self, log_density):
+        """A log-density of whitened rows as the log-density of X's rows."""
+        if self._whitening is None:
+            return log_density
+        return log_density + log_density.dtype.type(self._whitening.log_det)
+
+    def _unwhiten(self, X):
+        """Rows of the model's space in X's units."""
+        return X if self._whitening is None else self._whitening.inverse_transform(X)
 
     def transform(self, X):
         """Latent representation of ``X``: the posterior mean E[z | x].
@@ -332,7 +353,7 @@ class LatentVariableModel(
         z = torch.tensor(Z, dtype=self._dtype, device=self.device_)
         with torch.no_grad():
             mean = self.module_.decoder.mean(z)
-        return mean.cpu().numpy().astype(Z.dtype, copy=False)
+        return self._unwhiten(mean.cpu().numpy().astype(Z.dtype, copy=False))
 
     def score_samples(self, X):
         """Per-sample score (see the estimator: log-likelihood or ELBO).
@@ -397,7 +418,7 @@ class LatentVariableModel(
                 variance = variance.unsqueeze(-1)
             x = mean.cpu() + variance.sqrt() * noise
         dtype = self._numpy_dtype
-        return x.numpy().astype(dtype), z.numpy().astype(dtype)
+        return self._unwhiten(x.numpy().astype(dtype)), z.numpy().astype(dtype)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

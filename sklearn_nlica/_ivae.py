@@ -3,11 +3,11 @@
 import math
 from numbers import Integral, Real
 
-import numpy as np
 import torch
 from sklearn.utils._param_validation import StrOptions
+from sklearn.utils.validation import check_is_fitted
 
-from ._aux import AuxAttributes, AuxEncoder
+from ._aux import AuxEncoder, ConditionalMixin
 from ._base import LatentVariableModel, check_layer_sizes
 from ._conditional_prior import PRIOR_FAMILIES, ConditionalPrior
 from ._models import IdentifiableVAEModule
@@ -20,10 +20,11 @@ from ._nn import (
 from ._schedules import SCHEDULE_STEPS, scheduled_plan
 from ._training import GradientClipping, KLWarmup, linear_warm_start
 from ._validation import NotBoolInterval
+from ._whitening import fit_whitening
 from .integrators import QMC, MonteCarlo
 
 
-class IdentifiableVAE(AuxAttributes, LatentVariableModel):
+class IdentifiableVAE(ConditionalMixin, LatentVariableModel):
     """Identifiable VAE (iVAE): nonlinear ICA with an observed auxiliary variable.
 
     The generative model of Khemakhem, Kingma, Monti and Hyvarinen [1]_ is
@@ -60,6 +61,15 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
         Decoder noise variance sigma^2: None sets it to the ELBO's maximiser
         (the batch's mean squared reconstruction error per feature) at each
         training step; a float keeps it fixed.
+    whiten : "auto" or bool, default="auto"
+        Fit the model to whitened X (zero mean, identity covariance; the map
+        is ``whitening_``). Its isotropic noise is then, in X's units,
+        sigma^2 times the data's covariance, so that sources which the
+        mixing squeezes into directions of little variance are not taken for
+        noise. ``"auto"`` whitens when ``n_features == n_components`` (every
+        direction of x carries a source); with more features, whitening
+        would blow directions of pure noise up to the sources' scale. Scores
+        stay densities of X; ``noise_variance`` is then in whitened units.
     prior : {"gaussian", "variance", "laplace"}, default="gaussian"
         Family of p(z_i | u): a Gaussian with mean and variance depending on
         u (the k = 2 exponential family of the theory), a zero-mean Gaussian
@@ -166,7 +176,10 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
     n_aux_features_ : int
         Number of columns of a continuous u (absent for a discrete u).
     noise_variance_ : float
-        Fitted sigma^2.
+        Fitted sigma^2 (in whitened units when whitened).
+    whitening_ : ndarray of shape (n_features, n_features) or None
+        The symmetric whitening matrix W: the model is fitted to
+        ``(X - X.mean(0)) @ W``. None when X was not whitened.
     n_iter_ : int
         Number of epochs run.
     active_components_ : ndarray of shape (n_components,), dtype=bool
@@ -194,16 +207,16 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
     Notes
     -----
     The defaults are a training recipe (the evidence is in the user guide's
-    page "How the defaults were chosen"): a full-covariance posterior;
-    sigma^2 set at every step to the batch's maximiser of the ELBO;
-    independent reparameterisation noise for each row; a linear warm start
-    (residual networks whose MLP branches, starting at zero, stay frozen at
-    first: linear ICA by nonstationarity first); Adam with a cosine
-    learning-rate decay and gradient clipping; and the training objective ``ELBO(x, u) +
-    contrastive_weight * log p(u | E_q[z])``, where p(u | z) is the model's
-    own prior turned into a classifier of u by Bayes' rule, the hybrid
-    objective of [2]_ with the classifier of [3]_. :meth:`score` stays the
-    plain ELBO.
+    page "How the defaults were chosen"): whitened data where the mixing is
+    square; a full-covariance posterior; sigma^2 set at every step to the
+    batch's maximiser of the ELBO; independent reparameterisation noise for
+    each row; a linear warm start (residual networks whose MLP branches,
+    starting at zero, stay frozen at first: linear ICA by nonstationarity
+    first); Adam with a cosine learning-rate decay and gradient clipping;
+    and the training objective ``ELBO(x, u) + contrastive_weight *
+    log p(u | E_q[z])``, where p(u | z) is the model's own prior turned into
+    a classifier of u by Bayes' rule, the hybrid objective of [2]_ with the
+    classifier of [3]_. :meth:`score` stays the plain ELBO.
 
     References
     ----------
@@ -232,6 +245,7 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
 
     _parameter_constraints: dict = {
         **LatentVariableModel._parameter_constraints,
+        "whiten": [StrOptions({"auto"}), "boolean"],
         "prior": [StrOptions(set(PRIOR_FAMILIES))],
         "aux_type": [StrOptions({"auto", "discrete", "continuous"})],
         "prior_hidden_layer_sizes": ["array-like"],
@@ -255,6 +269,7 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
         hidden_layer_sizes=(64, 64, 64),
         activation="leaky_relu",
         noise_variance=None,
+        whiten="auto",
         prior="gaussian",
         aux_type="auto",
         prior_hidden_layer_sizes=(64,),
@@ -287,6 +302,7 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.noise_variance = noise_variance
+        self.whiten = whiten
         self.prior = prior
         self.aux_type = aux_type
         self.prior_hidden_layer_sizes = prior_hidden_layer_sizes
@@ -332,8 +348,16 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
             )
         return encoder, {"u": u}
 
-    def _condition(self, y, n_samples):
-        return {"u": self._encoding.transform(y, n_samples)}
+    def _whitening_for(self, X):
+        square = X.shape[1] == self.n_components
+        if self.whiten is True or (self.whiten == "auto" and square):
+            return fit_whitening(X)
+        return None
+
+    @property
+    def whitening_(self):
+        check_is_fitted(self)
+        return None if self._whitening is None else self._whitening.matrix
 
     # ---- the model and its training -------------------------------------------
 
@@ -471,29 +495,3 @@ class IdentifiableVAE(AuxAttributes, LatentVariableModel):
         log_likelihood : ndarray of shape (n_samples,)
         """
         return self._log_likelihood(X, y, n_samples)
-
-    def sample(self, n_samples=1, y=None, random_state=None):
-        """Draw z from p(z | u), then x from p(x | z).
-
-        Parameters
-        ----------
-        n_samples : int, default=1
-        y : array-like of shape (n_samples,) or (n_samples, k), or one value, \
-                default=None
-            The auxiliary variable of each draw; a single label or row is
-            used for all. None draws u from its training distribution.
-        random_state : int, RandomState instance or None, default=None
-            Seeds the draw; None uses the estimator's ``random_state``.
-
-        Returns
-        -------
-        X : ndarray of shape (n_samples, n_features)
-        Z : ndarray of shape (n_samples, n_components)
-        """
-        condition = None
-        if y is not None:
-            y = np.atleast_1d(y)
-            if len(y) == 1 and isinstance(n_samples, Integral) and n_samples > 1:
-                y = np.repeat(y, n_samples, axis=0)
-            condition = self._condition_arrays(y, n_samples)
-        return self._sample(n_samples, random_state, condition)

@@ -15,6 +15,7 @@ LAYERS = {
         "_densities",
         "_integrand",
         "_marginal",
+        "_whitening",
         "integrators",
         "metrics",
         "datasets",
