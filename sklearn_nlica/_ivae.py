@@ -356,6 +356,7 @@ class IdentifiableVAE(ConditionalMixin, LatentVariableModel):
 
     @property
     def whitening_(self):
+        """The whitening matrix W of the fit (None when X was not whitened)."""
         check_is_fitted(self)
         return None if self._whitening is None else self._whitening.matrix
 
