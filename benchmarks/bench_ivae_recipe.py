@@ -5,12 +5,13 @@ activation="xtanh", noise_std=0)`` (the data of ``bench_ivae.py``), one line
 per data seed: MCC against the true sources, ``score(X, U)`` (the ELBO) and
 CPU seconds per fit (one thread). The recipe's private knobs are set here:
 ``--schedule-steps`` (the cosine schedule's length in optimizer steps) and
-``--float32`` (training precision); ``--params`` passes estimator
+``--precision`` (training precision; by default the estimator's own
+choice); ``--params`` passes estimator
 parameters as JSON; ``--activation leaky_relu`` mixes with the leaky ReLU
 instead.
 
     python benchmarks/bench_ivae_recipe.py --schedule-steps 3200
-    python benchmarks/bench_ivae_recipe.py --float32 --data-seeds 1 2
+    python benchmarks/bench_ivae_recipe.py --precision float64 --data-seeds 1 2
     python benchmarks/bench_ivae_recipe.py --schedule-steps 2400 \\
         --params '{"batch_size": 512, "learning_rate_init": 0.0141}'
 """
@@ -36,7 +37,7 @@ def main(argv=None):
     parser.add_argument("--model-seed", type=int, default=0)
     parser.add_argument("--params", default="{}", help="estimator parameters, JSON")
     parser.add_argument("--schedule-steps", type=int, default=None)
-    parser.add_argument("--float32", action="store_true")
+    parser.add_argument("--precision", choices=["float32", "float64"])
     parser.add_argument(
         "--activation", default="xtanh", choices=["xtanh", "leaky_relu"]
     )
@@ -45,8 +46,8 @@ def main(argv=None):
     warnings.simplefilter("ignore", ConvergenceWarning)
     if args.schedule_steps:
         ivae_module.SCHEDULE_STEPS = args.schedule_steps
-    if args.float32:
-        IdentifiableVAE._training_precision = torch.float32
+    if args.precision:
+        IdentifiableVAE._training_precision = getattr(torch, args.precision)
     params = json.loads(args.params)
     scores, times = [], []
     for data_seed in args.data_seeds:

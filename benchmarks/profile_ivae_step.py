@@ -3,12 +3,13 @@
 Takes the module of a default IdentifiableVAE (one epoch fitted on the xtanh
 benchmark data of ``bench_ivae.py``, every parameter trainable) and times,
 on one thread and without skorch, ``--steps`` steps of batches of 256 rows
-in float64: the forward pass alone, forward and backward, and the whole
+in ``--precision`` (float32, as the default fit on these whitened data
+trains, or float64): the forward pass alone, forward and backward, and the whole
 step (forward, backward, gradient clipping, fused Adam as the estimators
 use it), alternating, ``--rounds`` times. Prints milliseconds per step
 (CPU time) and each part's share.
 
-    python benchmarks/profile_ivae_step.py
+    python benchmarks/profile_ivae_step.py [--precision float64]
 """
 
 import argparse
@@ -28,6 +29,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--precision", choices=["float32", "float64"], default="float32"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.simplefilter("ignore", ConvergenceWarning)
@@ -35,11 +39,12 @@ def main():
         40, 1000, 5, 5, n_layers=3, activation="xtanh", noise_std=0, random_state=0
     )
     module = IdentifiableVAE(5, max_iter=1, random_state=0).fit(X, U).net_.module_
-    module = module.double().train()
+    dtype = getattr(torch, args.precision)
+    module = module.to(dtype).train()
     params = list(module.parameters())
     for p in params:
         p.requires_grad_(True)
-    x, u = torch.as_tensor(X), torch.as_tensor(U)
+    x, u = torch.as_tensor(X, dtype=dtype), torch.as_tensor(U)
     optimizer = torch.optim.Adam(params, lr=1e-3, fused=True)  # as in the fits
 
     def loss(i):

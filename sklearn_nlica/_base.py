@@ -34,6 +34,7 @@ from ._nn import ACTIVATIONS
 from ._schedules import thread_policy
 from ._training import draw_seed, seeded
 from ._validation import NotBoolInterval, check_finite_range
+from ._whitening import fit_whitening
 from .integrators import INTEGRATORS
 
 # Rows per forward pass at prediction time, and the largest intermediate
@@ -118,7 +119,7 @@ class LatentVariableModel(
     _node_budgets = ("n_nodes",)
     # Whether the model needs an injective mixing (n_components <= n_features).
     _injective = False
-    # The fitted whitening of X (see _whitening_for); None: X's own units.
+    # The fitted whitening of X (see _whitens); None: X's own units.
     _whitening = None
 
     # ---- hooks ---------------------------------------------------------------
@@ -140,10 +141,10 @@ class LatentVariableModel(
         """Encode ``y`` for the fitted model ({} for unconditional models)."""
         return {}
 
-    def _whitening_for(self, X):
-        """The whitening (``_whitening.Whitening``) that the model is fitted
-        in, for training data ``X``; None fits it in X's units."""
-        return None
+    def _whitens(self, n_features):
+        """Whether the model is fitted to whitened X (``_whitening``) for
+        training data of ``n_features`` features, or in X's units."""
+        return False
 
     # ---- fitting -------------------------------------------------------------
 
@@ -203,7 +204,7 @@ class LatentVariableModel(
         dtype = self._numpy_training_dtype(X) if reset else self._numpy_dtype
         X = check_finite_range(X, dtype)
         if reset:
-            self._whitening = self._whitening_for(X)
+            self._whitening = fit_whitening(X) if self._whitens(X.shape[1]) else None
         return X if self._whitening is None else self._whitening.transform(X)
 
     def _numpy_training_dtype(self, X):

@@ -20,7 +20,6 @@ from ._nn import (
 from ._schedules import SCHEDULE_STEPS, scheduled_plan
 from ._training import GradientClipping, KLWarmup, linear_warm_start
 from ._validation import NotBoolInterval
-from ._whitening import fit_whitening
 from .integrators import QMC, MonteCarlo
 
 
@@ -58,18 +57,17 @@ class IdentifiableVAE(ConditionalMixin, LatentVariableModel):
         Hidden-layer nonlinearity (leaky ReLU has slope 0.2), also of the
         prior network of a continuous u.
     noise_variance : float or None, default=None
-        Decoder noise variance sigma^2: None sets it to the ELBO's maximiser
-        (the batch's mean squared reconstruction error per feature) at each
-        training step; a float keeps it fixed.
+        Decoder noise variance sigma^2 (of whitened X when whitened): None
+        sets it to the ELBO's maximiser (the batch's mean squared error per
+        feature) at each training step; a float keeps it fixed.
     whiten : "auto" or bool, default="auto"
-        Fit the model to whitened X (zero mean, identity covariance; the map
-        is ``whitening_``). Its isotropic noise is then, in X's units,
-        sigma^2 times the data's covariance, so that sources which the
-        mixing squeezes into directions of little variance are not taken for
-        noise. ``"auto"`` whitens when ``n_features == n_components`` (every
-        direction of x carries a source); with more features, whitening
-        would blow directions of pure noise up to the sources' scale. Scores
-        stay densities of X; ``noise_variance`` is then in whitened units.
+        Fit the model to whitened X (zero mean, identity covariance, by the
+        map ``whitening_``), in float32: its isotropic noise is then sigma^2
+        times the data's covariance in X's units, so that sources squeezed
+        into directions of little variance are not taken for noise.
+        ``"auto"`` whitens when ``n_features == n_components``; with more
+        features it would blow directions of pure noise up to the sources'
+        scale. Scores stay densities of X, in X's precision.
     prior : {"gaussian", "variance", "laplace"}, default="gaussian"
         Family of p(z_i | u): a Gaussian with mean and variance depending on
         u (the k = 2 exponential family of the theory), a zero-mean Gaussian
@@ -207,16 +205,17 @@ class IdentifiableVAE(ConditionalMixin, LatentVariableModel):
     Notes
     -----
     The defaults are a training recipe (the evidence is in the user guide's
-    page "How the defaults were chosen"): whitened data where the mixing is
-    square; a full-covariance posterior; sigma^2 set at every step to the
-    batch's maximiser of the ELBO; independent reparameterisation noise for
-    each row; a linear warm start (residual networks whose MLP branches,
-    starting at zero, stay frozen at first: linear ICA by nonstationarity
-    first); Adam with a cosine learning-rate decay and gradient clipping;
-    and the training objective ``ELBO(x, u) + contrastive_weight *
-    log p(u | E_q[z])``, where p(u | z) is the model's own prior turned into
-    a classifier of u by Bayes' rule, the hybrid objective of [2]_ with the
-    classifier of [3]_. :meth:`score` stays the plain ELBO.
+    page "How the defaults were chosen"): whitened data, trained in float32,
+    where the mixing is square; a full-covariance posterior; sigma^2 set at
+    every step to the batch's maximiser of the ELBO; independent
+    reparameterisation noise for each row; a linear warm start (residual
+    networks whose MLP branches, starting at zero, stay frozen at first:
+    linear ICA by nonstationarity first); Adam with a cosine learning-rate
+    decay and gradient clipping; and the training objective ``ELBO(x, u) +
+    contrastive_weight * log p(u | E_q[z])``, where p(u | z) is the model's
+    own prior turned into a classifier of u by Bayes' rule, the hybrid
+    objective of [2]_ with the classifier of [3]_. :meth:`score` stays the
+    plain ELBO.
 
     References
     ----------
@@ -334,8 +333,6 @@ class IdentifiableVAE(ConditionalMixin, LatentVariableModel):
     _requires_y = True
     _node_budgets = ("n_mc_samples", "n_nodes")
     _injective = True
-    # float32 training folds sources on some draws of the benchmark.
-    _training_precision = None
 
     def _fit_condition(self, y, n_samples):
         encoder = AuxEncoder(self.aux_type, type(self).__name__)
@@ -348,11 +345,14 @@ class IdentifiableVAE(ConditionalMixin, LatentVariableModel):
             )
         return encoder, {"u": u}
 
-    def _whitening_for(self, X):
-        square = X.shape[1] == self.n_components
-        if self.whiten is True or (self.whiten == "auto" and square):
-            return fit_whitening(X)
-        return None
+    def _whitens(self, n_features):
+        square = n_features == self.n_components
+        return self.whiten is True or (self.whiten == "auto" and square)
+
+    def _training_dtype(self, X):
+        # float32 folds sources on some draws of raw data, not of whitened data.
+        whitened = self._training_precision is None and self._whitens(X.shape[1])
+        return torch.float32 if whitened else super()._training_dtype(X)
 
     @property
     def whitening_(self):

@@ -18,6 +18,7 @@ from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
+from skorch.callbacks import Callback
 from torch.distributions import MultivariateNormal, Normal, kl_divergence
 
 from sklearn_nlica import VAEICA, IdentifiableVAE
@@ -302,9 +303,27 @@ def test_whitened_fit_is_the_same_on_any_scale_and_scores_densities_of_x(small):
 def test_whiten_auto_whitens_square_data_only(n_features, whiten, whitened):
     X, _, U = segmented(n_features=n_features)
     params = {**FAST, "max_iter": 1}
-    model = IdentifiableVAE(2, whiten=whiten, random_state=0, **params).fit(X, U)
+    seen = DtypeSeen()
+    model = IdentifiableVAE(
+        2, whiten=whiten, random_state=0, callbacks=[("dtype", seen)], **params
+    ).fit(X, U)
     assert (model.whitening_ is not None) == whitened
+    # Whitened fits train in float32, raw ones in X's float64; both score
+    # in float64.
+    assert seen.dtypes == {torch.float32 if whitened else torch.float64}
+    assert model.score_samples(X, U).dtype == np.float64
     assert np.isfinite(model.score_samples(X, U)).all()
+
+
+class DtypeSeen(Callback):
+    """Records the dtype of the module's parameters at every training batch."""
+
+    def initialize(self):
+        self.dtypes = set()
+        return self
+
+    def on_batch_begin(self, net, batch=None, training=None, **kwargs):
+        self.dtypes.add(next(net.module_.parameters()).dtype)
 
 
 def test_sample_draws_from_the_conditional_prior(small):
