@@ -304,7 +304,9 @@ class FitMixin:
         centre = np.abs(np.nanmean(X, axis=0)) if X.size else np.zeros(1)
         if spread.max() > 1e3 or spread.min() < 1e-3 or centre.max() > 1e3:
             tips.append("standardise X (e.g. with StandardScaler)")
-        if X.dtype == np.float32 and self._training_precision is None:
+        # Only where training follows the input's precision.
+        as_float64 = np.empty((0, X.shape[1]))
+        if X.dtype == np.float32 and self._training_dtype(as_float64) == torch.float64:
             tips.append("use float64 input")
         if self.noise_variance is not None:
             tips.append(

@@ -203,6 +203,22 @@ def test_divergence_stops_with_advice_and_keeps_the_previous_model(kind):
     assert_same(before, snapshot(estimator, X, u))
 
 
+@pytest.mark.parametrize(
+    "estimator, advised",
+    [
+        (NonlinearICAMLE(2), True),
+        (VAEICA(2), False),  # trains in float32 whatever the input
+        (IdentifiableVAE(2), False),  # whitens square data: float32 too
+        (IdentifiableVAE(2, whiten=False), True),
+    ],
+)
+def test_divergence_advice_asks_for_float64_only_where_training_follows_it(
+    estimator, advised
+):
+    X = np.random.RandomState(0).normal(size=(20, 2)).astype(np.float32)
+    assert ("use float64 input" in estimator._numerics_advice(X)) == advised
+
+
 # ---- interrupts -------------------------------------------------------------------
 
 
